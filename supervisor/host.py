@@ -1,0 +1,122 @@
+"""The description of one host: where its tools, devices and state live.
+
+All supervisor code names FreeBSD paths (``/dev/vmm/NAME``, ``/usr/sbin/bhyvectl``,
+``/var/run/bhyvesupd``) and asks the :class:`Host` where that path is on *this*
+machine. On a real FreeBSD host the answer is the path itself. A simulated host is the
+same layout rooted at a directory: its system trees (``/dev``, ``/var``, ``/usr``,
+``/etc``, ``/boot``) live under that directory, where the simulator has installed its
+own ``bhyve``, ``bhyvectl`` and friends at the FreeBSD paths. Paths outside those trees
+(a disk image in ``/tank/vm`` or a test's ``/tmp``) are shared with the machine, the way
+a jail with nullfs mounts would see them.
+
+That is the whole difference between the two: the supervisor runs the same argv (which
+carries FreeBSD paths), parses the same output and reads guest memory with the same
+``pread``; only :meth:`Host.path` maps a name to a place.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+
+import attrs
+
+#: Where each host tool lives on FreeBSD 14/15 (base system or ports under /usr/local).
+TOOL_PATHS: Mapping[str, str] = {
+    "bhyve": "/usr/sbin/bhyve",
+    "bhyvectl": "/usr/sbin/bhyvectl",
+    "bhyveload": "/usr/sbin/bhyveload",
+    "grub-bhyve": "/usr/local/sbin/grub-bhyve",
+    "kldstat": "/sbin/kldstat",
+    "sysctl": "/sbin/sysctl",
+    "pciconf": "/usr/sbin/pciconf",
+    "devctl": "/usr/sbin/devctl",
+    "ifconfig": "/sbin/ifconfig",
+    "pfctl": "/sbin/pfctl",
+    "ipfw": "/sbin/ipfw",
+    "zfs": "/sbin/zfs",
+    "zpool": "/sbin/zpool",
+    "dnsmasq": "/usr/local/sbin/dnsmasq",
+    "procstat": "/usr/bin/procstat",
+    "ps": "/bin/ps",
+}
+
+#: FreeBSD locations the supervisor uses (design brief, "Names and paths").
+DEV_DIR = "/dev"
+VMM_DIR = "/dev/vmm"
+CONFIG_FILE = "/usr/local/etc/bhyvesupd.toml"
+DOMAINS_DIR = "/usr/local/etc/bhyvesupd/domains"
+NETWORKS_DIR = "/usr/local/etc/bhyvesupd/networks"
+RUN_DIR = "/var/run/bhyvesupd"
+SOCKET_PATH = "/var/run/bhyvesupd/bhyvesupd.sock"
+LOG_DIR = "/var/log/bhyvesupd"
+FIRMWARE_DIR = "/usr/local/share/uefi-firmware"
+
+#: The system trees a simulated host keeps under its own root.
+SYSTEM_TREES: tuple[str, ...] = ("/dev", "/var", "/usr", "/etc", "/boot")
+
+
+@attrs.frozen
+class Host:
+    """Where a host keeps things.
+
+    Args:
+        root: the directory that FreeBSD's system trees are rooted at: ``/`` for the
+            real host, the simulator's directory for a simulated one.
+        rooted: the system trees that live under ``root``; any other absolute path is
+            used as it is.
+        env: extra environment variables for every host tool this host runs.
+    """
+
+    root: str = "/"
+    rooted: tuple[str, ...] = SYSTEM_TREES
+    env: Mapping[str, str] = attrs.field(factory=dict)
+
+    @property
+    def is_rooted(self) -> bool:
+        """Whether FreeBSD paths are mapped under a directory other than ``/``."""
+        return os.path.normpath(self.root) != "/"
+
+    def path(self, freebsd_path: str) -> str:
+        """The place on this machine of the FreeBSD path *freebsd_path*.
+
+        Raises:
+            ValueError: *freebsd_path* is not absolute.
+        """
+        if not freebsd_path.startswith("/"):
+            raise ValueError(f"host path must be absolute, got {freebsd_path!r}")
+        if not self.is_rooted:
+            return freebsd_path
+        norm = os.path.normpath(freebsd_path)
+        for tree in self.rooted:
+            if norm == tree or norm.startswith(tree + "/"):
+                return os.path.join(self.root, norm.lstrip("/"))
+        return freebsd_path
+
+    def unpath(self, local_path: str) -> str:
+        """The FreeBSD path of a place on this machine: the inverse of :meth:`path`."""
+        if not self.is_rooted:
+            return local_path
+        root = os.path.normpath(self.root)
+        norm = os.path.normpath(local_path)
+        if norm.startswith(root + "/"):
+            inner = norm[len(root) :]
+            for tree in self.rooted:
+                if inner == tree or inner.startswith(tree + "/"):
+                    return inner
+        return local_path
+
+    def tool(self, name: str) -> str:
+        """The executable to run for the host tool *name* (``bhyvectl``, ``zfs``...)."""
+        try:
+            return self.path(TOOL_PATHS[name])
+        except KeyError:
+            raise ValueError(f"unknown host tool {name!r}") from None
+
+    def vmm_device(self, vm_name: str) -> str:
+        """The local path of ``/dev/vmm/NAME``, the guest's memory device."""
+        return self.path(f"{VMM_DIR}/{vm_name}")
+
+
+#: The real FreeBSD host.
+FREEBSD = Host()

@@ -1,0 +1,32 @@
+"""Shared test helpers.
+
+Tests of real third-party parts (zfs-fuse, qemu-ga, dnsmasq, the libvirt corpus) call
+:func:`require_real`: without the part they skip, unless ``BHYVESUP_REQUIRE_REAL=1``
+(set by ``.ci/run``), in which case a missing part is a failure.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+SHARED = Path(__file__).resolve().parent.parent.parent / "shared"
+CORPUS = SHARED / "corpus" / "libvirt-bhyve"
+
+
+def require_real(available: bool, what: str) -> None:
+    """Skip (or, under ``BHYVESUP_REQUIRE_REAL=1``, fail) when *what* is missing."""
+    if available:
+        return
+    if os.environ.get("BHYVESUP_REQUIRE_REAL") == "1":
+        pytest.fail(f"required real part missing: {what}")
+    pytest.skip(f"not available here: {what}")
+
+
+@pytest.fixture
+def corpus() -> Path:
+    """The libvirt bhyve test corpus beside the checkout (``../shared/corpus``)."""
+    require_real(CORPUS.is_dir(), f"libvirt corpus at {CORPUS}")
+    return CORPUS
