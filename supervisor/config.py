@@ -1,0 +1,134 @@
+"""The daemon's configuration: ``/usr/local/etc/bhyvesupd.toml``.
+
+Every key has a FreeBSD default, so an empty file (or none) is a valid configuration.
+Unknown keys are errors that name the key: a typo must not silently fall back to a
+default. Paths are FreeBSD paths; the :class:`~supervisor.host.Host` maps them.
+"""
+
+from __future__ import annotations
+
+import grp
+import os
+import tomllib
+from typing import Literal
+
+import attrs
+import cattrs
+from cattrs.preconf.json import make_converter
+
+from supervisor import host as _host
+from supervisor.errors import ConfigError
+
+
+@attrs.frozen
+class DaemonSection:
+    socket: str = _host.SOCKET_PATH
+    #: Permission bits of the control socket, as an octal string.
+    socket_mode: str = "0660"
+    #: Group owning the socket; its members get read-write access. Empty: root only.
+    socket_group: str = ""
+    #: Members of this group get read-only access.
+    readonly_group: str = ""
+    log_file: str = f"{_host.LOG_DIR}/bhyvesupd.log"
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    #: What stopping the daemon does to running guests: ``keep`` them running (restart,
+    #: upgrade: they are re-adopted) or ``shutdown`` them (host shutdown).
+    on_stop: Literal["keep", "shutdown"] = "keep"
+    #: Budget in seconds for shutting every guest down in parallel at host shutdown.
+    #: Keep it below rc.conf's rcshutdown_timeout (90 s by default).
+    shutdown_budget: float = 80.0
+
+
+@attrs.frozen
+class GuestsSection:
+    domains_dir: str = _host.DOMAINS_DIR
+    run_dir: str = _host.RUN_DIR
+    log_dir: str = _host.LOG_DIR
+    firmware_dir: str = _host.FIRMWARE_DIR
+    #: Size of a console log before it is rotated, and how many old ones to keep.
+    console_log_max: int = 1 << 20
+    console_log_keep: int = 3
+    #: Bytes of console output each guest keeps in memory for ``console.tail``.
+    console_ring: int = 256 * 1024
+    #: Requests queued per guest before callers get "busy".
+    mailbox_size: int = 32
+
+
+@attrs.frozen
+class Config:
+    daemon: DaemonSection = attrs.field(factory=DaemonSection)
+    guests: GuestsSection = attrs.field(factory=GuestsSection)
+
+    @property
+    def socket_mode(self) -> int:
+        return int(self.daemon.socket_mode, 8)
+
+
+_converter = make_converter(forbid_extra_keys=True)
+
+
+def parse_config(text: str, *, source: str = "<config>") -> Config:
+    """Parse the TOML *text* of a configuration file.
+
+    Raises:
+        ConfigError: the TOML is malformed, a key is unknown or a value has the wrong
+            type; the message names the key.
+    """
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{source}: {exc}") from None
+    try:
+        config = _converter.structure(raw, Config)
+    except cattrs.ClassValidationError as exc:
+        details = "; ".join(cattrs.transform_error(exc, path="config"))
+        raise ConfigError(f"{source}: {details}") from None
+    try:
+        mode = config.socket_mode
+    except ValueError:
+        raise ConfigError(
+            f"{source}: daemon.socket_mode: not an octal mode: {config.daemon.socket_mode!r}",
+            field="daemon.socket_mode",
+        ) from None
+    if not 0 <= mode <= 0o777:
+        raise ConfigError(f"{source}: daemon.socket_mode: out of range", field="daemon.socket_mode")
+    for key in ("socket_group", "readonly_group"):
+        name = getattr(config.daemon, key)
+        if name and not _group_exists(name):
+            raise ConfigError(
+                f"{source}: daemon.{key}: no such group {name!r}", field=f"daemon.{key}"
+            )
+    return config
+
+
+def load_config(path: str | None) -> Config:
+    """Read the configuration at *path* (a local path); a missing default file is empty."""
+    if path is None:
+        return Config()
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such configuration file") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: {exc.strerror}") from None
+    return parse_config(text, source=path)
+
+
+def _group_exists(name: str) -> bool:
+    try:
+        grp.getgrnam(name)
+    except KeyError:
+        return False
+    return True
+
+
+def group_id(name: str) -> int | None:
+    """The gid of group *name*, or None for the empty name."""
+    if not name:
+        return None
+    return grp.getgrnam(name).gr_gid
+
+
+def default_config_path() -> str:
+    return os.environ.get("BHYVESUPD_CONFIG", _host.CONFIG_FILE)
