@@ -1,0 +1,529 @@
+"""The guest actor: one trio task per guest that owns its bhyve, its console and its fate.
+
+Theory of operation
+===================
+
+The decisions live in the pure :class:`~supervisor.actors.lifecycle.Lifecycle`; this
+module carries them out. The actor runs three kinds of work inside its private nursery:
+
+* its **mailbox loop** takes client requests from a bounded memory channel, in order.
+  A full mailbox makes :meth:`GuestActor.request` fail at once with
+  :class:`~supervisor.errors.GuestBusyError`: an RPC caller is never left hanging.
+* a **worker** performs the actions that touch the host, one at a time and in the order
+  the lifecycle asked for them (destroy a leftover VM, run the loader, spawn bhyve,
+  ``bhyvectl --force-poweroff``, clean up). Sequencing matters: a clean-up racing a
+  relaunch would destroy the new VM.
+* small tasks that report back: the **exit watch** of the running bhyve, the
+  **timers** the lifecycle arms, and the **console pump**.
+
+Outcomes are fed back into the lifecycle synchronously (:meth:`GuestActor._apply`);
+trio runs one task at a time, so the table is never entered twice at once.
+
+bhyve is started in a session of its own with its output going to a file, never a pipe:
+it must outlive the daemon (an upgrade or a ``kill -9`` of bhyvesupd leaves guests
+running) and a pipe whose reader died would kill it with SIGPIPE. For the same reason the
+actor never lets trio's default cancellation (SIGTERM, then SIGKILL after 5 s) reach
+bhyve: when the daemon goes away the actor is cancelled and bhyve simply keeps running.
+
+Nothing that goes wrong inside one actor reaches the daemon's nursery: :meth:`run`
+catches and logs every exception, marks the guest, and carries on, so one guest failing
+never disturbs another.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Callable
+from typing import Any
+
+import attrs
+import structlog
+import trio
+
+from supervisor.actors import lifecycle as lc
+from supervisor.actors.console import Console, ConsoleLog
+from supervisor.errors import GuestBusyError, InvalidStateError, SupervisorError
+from supervisor.events import EventBus
+from supervisor.host import Host
+from supervisor.log import get_logger
+from supervisor.vmm.hostexec import resolve_argv, run_tool, tool_env
+
+log = get_logger("bhyvesupd.guest")
+
+#: How long the launch waits for bhyve to create /dev/vmm/NAME before it counts as up.
+VMM_APPEAR_TIMEOUT = 5.0
+
+
+@attrs.frozen
+class LaunchPlan:
+    """What to run to start the guest once: produced from the definition by the daemon."""
+
+    loader: tuple[str, ...] | None
+    bhyve: tuple[str, ...]
+    device_map: str | None = None
+    device_map_path: str | None = None
+    #: Console B-side FreeBSD path (com1), if the guest has an nmdm console.
+    console: str | None = None
+    #: Unix socket paths bhyve creates and never removes (virtio-console ports).
+    sockets: tuple[str, ...] = ()
+
+
+@attrs.frozen
+class GuestPaths:
+    """Where a guest's runtime files live (FreeBSD paths)."""
+
+    run_dir: str
+    log_dir: str
+
+    def pid_file(self, name: str) -> str:
+        return f"{self.run_dir}/{name}.pid"
+
+    def status_file(self, name: str) -> str:
+        return f"{self.run_dir}/{name}.status"
+
+    def bhyve_log(self, name: str) -> str:
+        return f"{self.log_dir}/{name}.bhyve.log"
+
+    def console_log(self, name: str) -> str:
+        return f"{self.log_dir}/{name}.console.log"
+
+
+@attrs.define(eq=False)
+class _Request:
+    event: lc.Event
+    done: trio.Event = attrs.field(factory=trio.Event)
+    error: BaseException | None = None
+
+
+class GuestActor:
+    """One guest.
+
+    Args:
+        name: the guest's name.
+        plan_factory: builds the :class:`LaunchPlan` from the current definition; called
+            at every launch so a redefinition takes effect at the next boot.
+        policy: the lifecycle policy.
+        host: the host the guest runs on.
+        paths: runtime file locations.
+        bus: where state changes are published.
+        console_path: the B side of com1, or None.
+        mailbox_size: requests that may wait before callers get "busy".
+    """
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        plan_factory: Callable[[], LaunchPlan],
+        policy: lc.Policy,
+        host: Host,
+        paths: GuestPaths,
+        bus: EventBus,
+        console_path: str | None,
+        mailbox_size: int = 32,
+        console_ring: int = 256 * 1024,
+        console_log_max: int = 1 << 20,
+        console_log_keep: int = 3,
+    ) -> None:
+        self.name = name
+        self.host = host
+        self.paths = paths
+        self.bus = bus
+        self.plan_factory = plan_factory
+        self.machine = lc.Lifecycle(policy=policy)
+        self.console: Console | None = None
+        if console_path is not None:
+            self.console = Console(
+                host,
+                console_path,
+                ConsoleLog(host.path(paths.console_log(name)), console_log_max, console_log_keep),
+                ring_size=console_ring,
+            )
+        self._mail_send, self._mail_recv = trio.open_memory_channel[_Request](mailbox_size)
+        self._work_send, self._work_recv = trio.open_memory_channel[lc.Action](1000)
+        self._nursery: trio.Nursery | None = None
+        self._timers: dict[lc.Timer, trio.CancelScope] = {}
+        self._launch_scope: trio.CancelScope | None = None
+        self._launch_cancelled = False
+        self._proc: trio.Process | None = None
+        self._console_running = False
+        self._changed = trio.Event()
+        self.last_error: str | None = None
+        self.last_plan: LaunchPlan | None = None
+        self._log = log.bind(guest=name)
+
+    # -- client side ---------------------------------------------------------------------
+
+    @property
+    def state(self) -> lc.State:
+        return self.machine.state
+
+    async def request(self, event: lc.Event) -> None:
+        """Queue a client request and wait until the actor has taken it.
+
+        Raises:
+            GuestBusyError: the mailbox is full.
+            InvalidStateError: the request makes no sense in the guest's state.
+        """
+        req = _Request(event)
+        try:
+            self._mail_send.send_nowait(req)
+        except trio.WouldBlock:
+            raise GuestBusyError(
+                f"guest {self.name} is busy ({self.state.value}); try again"
+            ) from None
+        except (trio.ClosedResourceError, trio.BrokenResourceError):
+            raise InvalidStateError(f"guest {self.name} is being removed") from None
+        await req.done.wait()
+        if req.error is not None:
+            raise req.error
+
+    async def wait_until(self, predicate: Callable[[lc.State], bool], timeout: float) -> lc.State:
+        """Wait (at most *timeout* s) for the state to satisfy *predicate*."""
+        with trio.move_on_after(timeout):
+            while not predicate(self.state):
+                await self._changed.wait()
+        return self.state
+
+    def info(self) -> dict[str, Any]:
+        """The guest's runtime facts, JSON-ready."""
+        m = self.machine
+        now = time.monotonic()
+        last_exit = None
+        if m.last_exit is not None:
+            last_exit = {
+                "code": m.last_exit.code,
+                "signal": m.last_exit.signal,
+                "description": m.last_exit.describe(),
+                "runtime": m.last_runtime,
+                "ago": None if m.last_exit_at is None else round(now - m.last_exit_at, 3),
+            }
+        return {
+            "name": self.name,
+            "state": m.state.value,
+            "reason": m.reason,
+            "pid": m.pid,
+            "boot_count": m.boot_count,
+            "uptime": None if m.started_at is None else round(now - m.started_at, 3),
+            "last_exit": last_exit,
+            "recent_crashes": m.recent_crashes(now),
+            "restart_in": None
+            if m.backoff_until is None
+            else round(max(0.0, m.backoff_until - now), 3),
+            "last_error": self.last_error,
+            "console_attached": self.console.attachments if self.console else 0,
+        }
+
+    # -- the actor -------------------------------------------------------------------------
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """The actor's task. Returns when its mailbox is closed; never raises."""
+        with structlog.contextvars.bound_contextvars(guest=self.name):
+            try:
+                async with trio.open_nursery() as nursery:
+                    self._nursery = nursery
+                    nursery.start_soon(self._worker)
+                    task_status.started()
+                    async with self._mail_recv:
+                        async for req in self._mail_recv:
+                            try:
+                                self._apply(req.event)
+                            except lc.InvalidTransition as exc:
+                                req.error = InvalidStateError(f"{self.name}: {exc}")
+                            except SupervisorError as exc:
+                                req.error = exc
+                            req.done.set()
+                    nursery.cancel_scope.cancel()
+            except Exception as exc:
+                # One guest's failure must never reach the daemon's nursery.
+                self.last_error = f"actor failed: {exc!r}"
+                self._log.exception("guest_actor_failed")
+                self._publish()
+
+    def close(self) -> None:
+        """Stop taking requests; :meth:`run` returns (bhyve, if running, keeps running)."""
+        self._mail_send.close()
+
+    # -- applying events ---------------------------------------------------------------------
+
+    def _apply(self, event: lc.Event) -> None:
+        before = self.machine.state
+        actions = self.machine.handle(event, time.monotonic())
+        for action in actions:
+            self._act(action)
+        if self.machine.state is not before or not isinstance(event, lc.TimerFired):
+            self._publish()
+        self._log.debug("guest_event", trigger=type(event).__name__, state=self.state.value)
+
+    def _publish(self) -> None:
+        m = self.machine
+        self.bus.publish(
+            "guest.state",
+            name=self.name,
+            state=m.state.value,
+            reason=m.reason,
+            pid=m.pid,
+            boot_count=m.boot_count,
+        )
+        self._changed.set()
+        self._changed = trio.Event()
+
+    def _act(self, action: lc.Action) -> None:
+        match action:
+            case lc.PressPowerButton():
+                self._signal(signal.SIGTERM)
+            case lc.Kill():
+                self._signal(signal.SIGKILL)
+            case lc.ArmTimer(timer=timer, delay=delay):
+                self._arm(timer, delay)
+            case lc.CancelTimer(timer=timer):
+                scope = self._timers.pop(timer, None)
+                if scope is not None:
+                    scope.cancel()
+            case lc.CancelLaunch():
+                self._launch_cancelled = True
+                if self._launch_scope is not None:
+                    self._launch_scope.cancel()
+            case lc.Launch():
+                self._launch_cancelled = False
+                self._work_send.send_nowait(action)
+            case _:
+                self._work_send.send_nowait(action)
+
+    def _signal(self, signo: int) -> None:
+        pid = self.machine.pid
+        if pid is None:
+            return
+        try:
+            os.kill(pid, signo)
+            self._log.info("bhyve_signalled", pid=pid, signal=signal.Signals(signo).name)
+        except ProcessLookupError:
+            pass
+
+    def _arm(self, timer: lc.Timer, delay: float) -> None:
+        old = self._timers.pop(timer, None)
+        if old is not None:
+            old.cancel()
+        scope = trio.CancelScope()
+        self._timers[timer] = scope
+        assert self._nursery is not None
+
+        async def fire() -> None:
+            with scope:
+                await trio.sleep(delay)
+                if self._timers.get(timer) is scope:
+                    del self._timers[timer]
+                    self._apply(lc.TimerFired(timer))
+
+        self._nursery.start_soon(fire)
+
+    # -- the worker: host actions, in order --------------------------------------------------
+
+    async def _worker(self) -> None:
+        async for action in self._work_recv:
+            try:
+                await self._perform(action)
+            except Exception as exc:
+                self.last_error = f"{type(action).__name__}: {exc}"
+                self._log.warning(
+                    "guest_action_failed", action=type(action).__name__, error=str(exc)
+                )
+                if isinstance(action, lc.Launch):
+                    self._apply(lc.LaunchFailed(reason=str(exc)))
+
+    async def _perform(self, action: lc.Action) -> None:
+        match action:
+            case lc.Launch(destroy_first=destroy_first):
+                if self._launch_cancelled:
+                    self._apply(lc.LaunchFailed(reason="cancelled"))
+                    return
+                await self._launch(destroy_first)
+            case lc.ForcePoweroff():
+                await self._bhyvectl("--force-poweroff")
+            case lc.ForceReset():
+                await self._bhyvectl("--force-reset")
+            case lc.Cleanup(keep_vm=keep_vm):
+                await self._cleanup(keep_vm)
+
+    async def _bhyvectl(self, *args: str) -> None:
+        result = await run_tool(self.host, ["bhyvectl", f"--vm={self.name}", *args])
+        if not result.ok:
+            self._log.warning(
+                "bhyvectl_failed",
+                args=args,
+                status=result.status,
+                output=(result.stdout + result.stderr).strip(),
+            )
+
+    def _vm_exists(self) -> bool:
+        return os.path.exists(self.host.vmm_device(self.name))
+
+    async def _destroy_vm(self) -> None:
+        if self._vm_exists():
+            await self._bhyvectl("--destroy")
+
+    async def _launch(self, destroy_first: bool) -> None:
+        plan = self.plan_factory()
+        self.last_plan = plan
+        self.last_error = None
+        proc: trio.Process | None = None
+        with trio.CancelScope() as scope:
+            self._launch_scope = scope
+            proc = await self._launch_steps(plan, destroy_first)
+        self._launch_scope = None
+        if scope.cancelled_caught or proc is None:
+            if proc is None and not scope.cancelled_caught:
+                return  # the loader failed; already reported
+            self._apply(lc.LaunchFailed(reason="cancelled"))
+            return
+        self._proc = proc
+        started = time.monotonic()
+        self._write_pid(proc.pid)
+        assert self._nursery is not None
+        self._nursery.start_soon(self._watch, proc, started)
+        self._apply(lc.Launched(pid=proc.pid))
+        self._log.info("guest_started", pid=proc.pid, boot=self.machine.boot_count)
+
+    async def _launch_steps(self, plan: LaunchPlan, destroy_first: bool) -> trio.Process | None:
+        try:
+            if destroy_first:
+                await self._destroy_vm()
+            if self.console is not None and not self.console.is_open:
+                await self.console.open()
+            if self.console is not None and not self._console_running:
+                self._console_running = True
+                assert self._nursery is not None
+                self._nursery.start_soon(self._pump_console)
+            if plan.device_map is not None and plan.device_map_path is not None:
+                _write_atomic(self.host.path(plan.device_map_path), plan.device_map.encode())
+            if plan.loader is not None:
+                status = await self._run_loader(plan.loader)
+                if status.code != 0:
+                    self._launch_scope = None
+                    self._apply(
+                        lc.LaunchFailed(
+                            reason=f"{os.path.basename(plan.loader[0])} {status.describe()}",
+                            status=status,
+                        )
+                    )
+                    return None
+            return await self._spawn(plan.bhyve)
+        except BaseException:
+            self._launch_scope = None
+            raise
+
+    def _output_file(self) -> int:
+        path = self.host.path(self.paths.bhyve_log(self.name))
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        return os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
+
+    async def _run_loader(self, argv: tuple[str, ...]) -> lc.ExitStatus:
+        out = self._output_file()
+        try:
+            self._log.info("loader_started", argv=list(argv))
+            proc = await trio.run_process(
+                resolve_argv(self.host, argv),
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=out,
+                check=False,
+                env=tool_env(self.host),
+                start_new_session=True,
+            )
+        finally:
+            os.close(out)
+        return lc.ExitStatus.from_returncode(proc.returncode)
+
+    async def _spawn(self, argv: tuple[str, ...]) -> trio.Process:
+        out = self._output_file()
+        try:
+            os.write(out, f"--- {time.strftime('%Y-%m-%dT%H:%M:%S')} {' '.join(argv)}\n".encode())
+            return await trio.lowlevel.open_process(
+                resolve_argv(self.host, argv),
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=out,
+                env=tool_env(self.host),
+                # Its own session: a signal to the daemon's process group (a terminal's
+                # ^C, rc.d stop) must not reach the guests.
+                start_new_session=True,
+            )
+        finally:
+            os.close(out)
+
+    async def _watch(self, proc: trio.Process, started: float) -> None:
+        # Cancelled when the daemon goes away: bhyve keeps running, unwatched.
+        returncode = await proc.wait()
+        runtime = time.monotonic() - started
+        status = lc.ExitStatus.from_returncode(returncode)
+        self._log.info(
+            "bhyve_exited", pid=proc.pid, status=status.describe(), runtime=round(runtime, 3)
+        )
+        if self._proc is proc:
+            self._proc = None
+        self._apply(lc.Exited(status, runtime))
+
+    async def _pump_console(self) -> None:
+        assert self.console is not None
+        try:
+            await self.console.run()
+        finally:
+            self._console_running = False
+
+    async def _cleanup(self, keep_vm: bool) -> None:
+        # libvirt's order: destroy the VM, then the guest's host resources.
+        if not keep_vm:
+            await self._destroy_vm()
+        plan = self.last_plan
+        if plan is not None:
+            for sock in plan.sockets:
+                _unlink(self.host.path(sock))
+            if plan.device_map_path is not None:
+                _unlink(self.host.path(plan.device_map_path))
+        _unlink(self.host.path(self.paths.pid_file(self.name)))
+        final = self.machine.state in (lc.State.SHUTOFF, lc.State.CRASHED, lc.State.FATAL)
+        if final and self.console is not None and self.console.is_open:
+            await self.console.aclose()
+        self._write_status()
+
+    # -- runtime files --------------------------------------------------------------------------
+
+    def _write_pid(self, pid: int) -> None:
+        _write_atomic(self.host.path(self.paths.pid_file(self.name)), f"{pid}\n".encode())
+        self._write_status()
+
+    def _write_status(self) -> None:
+        info = self.info()
+        info["written_at"] = time.time()
+        try:
+            _write_atomic(
+                self.host.path(self.paths.status_file(self.name)),
+                json.dumps(info, sort_keys=True).encode() + b"\n",
+            )
+        except OSError as exc:
+            self._log.warning("status_write_failed", error=exc.strerror)
+
+
+def _write_atomic(path: str, data: bytes) -> None:
+    """Write *path* so that a reader sees the old or the new content, never a mix."""
+    directory = os.path.dirname(path)
+    os.makedirs(directory, exist_ok=True)
+    tmp = f"{path}.tmp.{os.getpid()}"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+
+
+def _unlink(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
