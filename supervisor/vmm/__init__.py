@@ -1,0 +1,1 @@
+"""Everything that speaks bhyve: command lines, capabilities, host tools."""
