@@ -1,0 +1,17 @@
+"""The simulated FreeBSD host: bhyve, bhyvectl, bhyveload, grub-bhyve, kldstat, sysctl.
+
+:func:`install` lays out a FreeBSD host under a directory and puts simulated tools at
+the FreeBSD paths of :data:`supervisor.host.TOOL_PATHS`; the supervisor runs them with
+the very argv it gives a real host. They print FreeBSD's output shapes and exit codes
+and share one simulated vmm kernel, so ``/dev/vmm/NAME`` lives from create to destroy
+whatever happens to the bhyve process, as on FreeBSD. :func:`teardown` kills whatever
+processes a test left running.
+"""
+
+from __future__ import annotations
+
+from supervisor.vmm.sim.hardware import Hardware as Hardware
+from supervisor.vmm.sim.host import install as install
+from supervisor.vmm.sim.host import teardown as teardown
+
+__all__ = ["Hardware", "install", "teardown"]
