@@ -187,12 +187,16 @@ def _compile(tp: Any) -> tuple[_Checker, str]:
         name = " | ".join(n for _, n in members)
 
         def check_union(v: Any, where: str) -> Any:
+            deeper: InvalidParamsError | None = None
             for check, _ in members:
                 try:
                     return check(v, where)
-                except InvalidParamsError:
-                    continue
-            raise _fail(where, name, v)
+                except InvalidParamsError as exc:
+                    # A member whose shape fitted and failed inside (tags[1]) says more
+                    # than "expected list[str] | None".
+                    if exc.field != where:
+                        deeper = exc
+            raise deeper or _fail(where, name, v)
 
         return check_union, name
     raise TypeError(f"unsupported parameter type {tp!r}")

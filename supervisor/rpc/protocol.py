@@ -519,21 +519,21 @@ class LineBuffer:
             end = self._buf.find(b"\n", self._scan)
             if end < 0:
                 pending = len(self._buf) - self._start
-                if pending > self._max:
+                # One byte of slack: the \r of a CRLF may arrive before its \n.
+                if pending > self._max + 1:
                     raise self._too_long()
                 self._scan = len(self._buf)
-                if self._eof and pending:
-                    line = bytes(self._buf[self._start :])
-                    self._start = self._scan = len(self._buf)
-                else:
+                if not (self._eof and pending):
                     return None
+                line = bytes(self._buf[self._start :])
+                self._start = self._scan = len(self._buf)
             else:
                 line = bytes(self._buf[self._start : end])
                 self._start = self._scan = end + 1
-                if line.endswith(b"\r"):
-                    line = line[:-1]
-                if len(line) > self._max:
-                    raise self._too_long()
+            if line.endswith(b"\r"):
+                line = line[:-1]
+            if len(line) > self._max:
+                raise self._too_long()
             if line.strip():
                 return line
 
