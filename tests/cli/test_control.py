@@ -16,6 +16,7 @@ import socket
 import tempfile
 import threading
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -202,8 +203,9 @@ class Guests:
         return self.guests[name]
 
 
-@pytest.fixture
-def daemon() -> Iterator[FakeDaemon]:
+@contextmanager
+def running_daemon() -> Iterator[FakeDaemon]:
+    """A fake daemon on a fresh socket, stopped on exit."""
     # Unix socket paths are short (104 bytes on FreeBSD); pytest's tmp_path can be longer.
     with tempfile.TemporaryDirectory(prefix="bsctl") as tmp:
         fake = FakeDaemon(str(Path(tmp) / "d.sock"))
@@ -211,6 +213,12 @@ def daemon() -> Iterator[FakeDaemon]:
             yield fake
         finally:
             fake.close()
+
+
+@pytest.fixture
+def daemon() -> Iterator[FakeDaemon]:
+    with running_daemon() as fake:
+        yield fake
 
 
 @pytest.fixture
