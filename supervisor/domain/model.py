@@ -186,11 +186,11 @@ class PciAddress:
     domain: int = 0
 
     def __attrs_post_init__(self) -> None:
-        _check_range("address.slot", self.slot, 0, 31)
-        _check_range("address.function", self.function, 0, 7)
-        _check_range("address.bus", self.bus, 0, 255)
+        _check_range("slot", self.slot, 0, 31)
+        _check_range("function", self.function, 0, 7)
+        _check_range("bus", self.bus, 0, 255)
         if self.domain != 0:
-            raise _bad("address.domain", f"bhyve has only PCI domain 0, got {self.domain}")
+            raise _bad("domain", f"bhyve has only PCI domain 0, got {self.domain}")
 
     def key(self) -> tuple[int, int, int]:
         """(bus, slot, function), for finding collisions."""
@@ -215,7 +215,7 @@ class DriveAddress:
         for name in ("controller", "bus", "target", "unit"):
             value = getattr(self, name)
             if value < 0:
-                raise _bad(f"address.{name}", f"must be >= 0, got {value}")
+                raise _bad(name, f"must be >= 0, got {value}")
 
 
 Address: TypeAlias = PciAddress | DriveAddress | None

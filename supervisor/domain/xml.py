@@ -221,11 +221,12 @@ def _address(field: str, parent: etree._Element) -> PciAddress | DriveAddress | 
     el = parent.find("address")
     if el is None:
         return None
+    base = f"{field}.address" if field else "address"
     kind = el.get("type")
     if kind == "pci":
-        return _pci_address(f"{field}.address", el)
+        return _pci_address(base, el)
     if kind == "drive":
-        with prefixed(f"{field}.address"):
+        with prefixed(base):
             return DriveAddress(
                 controller=_int("controller", el.get("controller"), 0),
                 bus=_int("bus", el.get("bus"), 0),
@@ -234,13 +235,13 @@ def _address(field: str, parent: etree._Element) -> PciAddress | DriveAddress | 
             )
     if kind == "virtio-serial":
         return None
-    raise _err(f"{field}.address.type", f"must be 'pci' or 'drive', got {kind!r}")
+    raise _err(f"{base}.type", f"must be 'pci' or 'drive', got {kind!r}")
 
 
 def _pci_only(field: str, parent: etree._Element) -> PciAddress | None:
     address = _address(field, parent)
     if isinstance(address, DriveAddress):
-        raise _err(f"{field}.address.type", "this device takes a PCI address")
+        raise _err(f"{field}.address.type" if field else "address.type", "takes a PCI address")
     return address
 
 
@@ -319,7 +320,7 @@ def _interface(field: str, el: etree._Element) -> Interface:
     mac_el = el.find("mac")
     mac = None
     if mac_el is not None:
-        with prefixed(f"{field}.mac"):
+        with prefixed(field):
             mac = normalize_mac(mac_el.get("address", ""))
     source = el.find("source")
     model = el.find("model")
