@@ -17,7 +17,7 @@ import sys
 from collections.abc import Callable
 from typing import IO, Any, Final
 
-__all__ = ["Shell", "verbs_of"]
+__all__ = ["Shell", "run_shell", "verbs_of"]
 
 PROMPT: Final = "bhyvesupctl> "
 
@@ -139,3 +139,27 @@ class Shell(cmd.Cmd):
     def completenames(self, text: str, *ignored: Any) -> list[str]:
         names = [*self._verbs, "help", "quit", "exit"]
         return sorted(n for n in names if n.startswith(text))
+
+
+def run_shell(
+    parser: argparse.ArgumentParser,
+    execute: Callable[[argparse.Namespace], int],
+    defaults: argparse.Namespace | None = None,
+) -> int:
+    """Run the shell on the terminal until ``quit`` or end of input; exit status 0.
+
+    ``^C`` at the prompt abandons the line being typed rather than the shell, as in
+    supervisorctl; a second one at an empty prompt is still just a new prompt.
+    """
+    shell = Shell(parser, execute, defaults=defaults)
+    try:
+        import readline  # noqa: F401  -- line editing and history when available
+    except ImportError:
+        pass
+    while True:
+        try:
+            shell.cmdloop()
+            return 0
+        except KeyboardInterrupt:
+            shell.intro = ""
+            shell.stdout.write("^C\n")

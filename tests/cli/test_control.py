@@ -25,6 +25,7 @@ import pytest
 
 from supervisor.cli import control
 from supervisor.cli.shell import Shell
+from supervisor.cli.shell import run_shell as run_shell_main
 from supervisor.errors import (
     GuestNotFoundError,
     InvalidStateError,
@@ -738,3 +739,16 @@ def test_shell_without_a_verb_is_a_usage_error(
     shell = run_shell(daemon, "-s /elsewhere\n")
     assert shell.last_status == 2
     assert "no verb given" in capsys.readouterr().err
+
+
+def test_run_shell_reads_commands_from_stdin(
+    daemon: FakeDaemon,
+    guests: Guests,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.setattr("sys.stdin", io.StringIO("status -H -o name\nstart ghost\n"))
+    assert run_shell_main(build_parser(), control.run, argparse.Namespace(socket=daemon.path)) == 0
+    captured = capsys.readouterr()
+    assert captured.out.splitlines() == ["db", "web1"]
+    assert captured.err == "bhyvesupctl: no guest named 'ghost'\n"
