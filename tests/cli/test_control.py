@@ -13,6 +13,8 @@ import copy
 import io
 import json
 import socket
+import subprocess
+import sys
 import tempfile
 import threading
 from collections.abc import Callable, Iterator
@@ -752,3 +754,12 @@ def test_run_shell_reads_commands_from_stdin(
     captured = capsys.readouterr()
     assert captured.out.splitlines() == ["db", "web1"]
     assert captured.err == "bhyvesupctl: no guest named 'ghost'\n"
+
+
+def test_the_cli_does_not_import_trio() -> None:
+    code = (
+        "import sys, supervisor.cli.control, supervisor.cli.shell, supervisor.cli.console;"
+        "print('trio' in sys.modules)"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "False"
