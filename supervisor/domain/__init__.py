@@ -25,6 +25,7 @@ from supervisor.domain.model import (
     Serial,
     Sound,
     SupervisorPolicy,
+    VcpuPin,
     Video,
 )
 
@@ -49,5 +50,6 @@ __all__ = [
     "Serial",
     "Sound",
     "SupervisorPolicy",
+    "VcpuPin",
     "Video",
 ]

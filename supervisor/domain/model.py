@@ -57,6 +57,7 @@ __all__ = [
     "SerialType",
     "Sound",
     "SupervisorPolicy",
+    "VcpuPin",
     "Video",
     "prefixed",
 ]
@@ -578,6 +579,23 @@ class CpuTopology:
 
 
 @attrs.frozen
+class VcpuPin:
+    """``<cputune><vcpupin>``: vCPU *vcpu* runs on the host CPUs *cpuset*
+    (bhyve's ``-p vcpu:hostcpu``, once per host CPU)."""
+
+    vcpu: int
+    cpuset: tuple[int, ...]
+
+    def __attrs_post_init__(self) -> None:
+        if self.vcpu < 0:
+            raise _bad("vcpu", f"must be >= 0, got {self.vcpu}")
+        if not self.cpuset:
+            raise _bad("cpuset", "must name at least one host CPU")
+        if list(self.cpuset) != sorted(set(self.cpuset)) or self.cpuset[0] < 0:
+            raise _bad("cpuset", f"must be ascending host CPU numbers, got {self.cpuset}")
+
+
+@attrs.frozen
 class Features:
     """``<features>``: ``acpi`` (``-A``), ``apic`` (``-I``), ``msrs_ignore`` (``-w``)."""
 
@@ -712,6 +730,7 @@ class Domain:
     current_memory_kib: int | None = None
     vcpus: int = 1
     topology: CpuTopology | None = None
+    vcpu_pins: tuple[VcpuPin, ...] = ()
     wired: bool = False
     clock: ClockOffset = "utc"
     features: Features = Features()
@@ -751,6 +770,12 @@ class Domain:
             raise _bad("currentMemory", f"must be > 0, got {self.current_memory_kib}")
         if self.vcpus < 1:
             raise _bad("vcpu", f"must be >= 1, got {self.vcpus}")
+        for i, pin in enumerate(self.vcpu_pins):
+            if pin.vcpu >= self.vcpus:
+                raise _bad(
+                    f"cputune.vcpupin[{i}].vcpu",
+                    f"the guest has {self.vcpus} vCPUs, got vCPU {pin.vcpu}",
+                )
         _check_pci_collisions(self)
         _check_ahci_ports(self)
         ports = [s.port for s in self.serials if s.port is not None]

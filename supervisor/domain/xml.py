@@ -52,6 +52,7 @@ from supervisor.domain.model import (
     SerialType,
     Sound,
     SupervisorPolicy,
+    VcpuPin,
     VgaConf,
     Video,
     normalize_mac,
@@ -66,7 +67,9 @@ __all__ = [
     "BHYVE_NS",
     "MAX_XML_BYTES",
     "SUPERVISOR_NS",
+    "format_cpuset",
     "format_domain_xml",
+    "parse_cpuset",
     "parse_domain_xml",
     "parse_xml_document",
 ]
@@ -541,6 +544,52 @@ def _os(el: etree._Element | None, bootloader: str | None, bootloader_args: str 
     )
 
 
+def parse_cpuset(field: str, text: str) -> tuple[int, ...]:
+    """libvirt's cpuset syntax (``0-3,^2,5``) as ascending CPU numbers."""
+    include: set[int] = set()
+    exclude: set[int] = set()
+    for part in text.replace(" ", "").split(","):
+        target = exclude if part.startswith("^") else include
+        part = part.lstrip("^")
+        low, _, high = part.partition("-")
+        first = _int(field, low)
+        last = _int(field, high) if high else first
+        if first < 0 or last < first:
+            raise _err(field, f"not a CPU list, got {text!r}")
+        target.update(range(first, last + 1))
+    return tuple(sorted(include - exclude))
+
+
+def format_cpuset(cpus: tuple[int, ...]) -> str:
+    """CPU numbers in libvirt's compact form (``0-3,5``)."""
+    parts: list[str] = []
+    start = prev = None
+    for cpu in [*cpus, None]:
+        if start is not None and (cpu is None or prev is None or cpu != prev + 1):
+            parts.append(str(start) if start == prev else f"{start}-{prev}")
+            start = None
+        if cpu is not None and start is None:
+            start = cpu
+        prev = cpu
+    return ",".join(parts)
+
+
+def _vcpu_pins(el: etree._Element | None) -> tuple[VcpuPin, ...]:
+    if el is None:
+        return ()
+    pins = []
+    for i, pin in enumerate(_children(el, "vcpupin")):
+        field = f"cputune.vcpupin[{i}]"
+        with prefixed(field):
+            pins.append(
+                VcpuPin(
+                    vcpu=_int("vcpu", pin.get("vcpu")),
+                    cpuset=parse_cpuset("cpuset", pin.get("cpuset", "")),
+                )
+            )
+    return tuple(pins)
+
+
 def _features(el: etree._Element | None) -> Features:
     if el is None:
         return Features()
@@ -729,6 +778,7 @@ def domain_from_element(root: etree._Element) -> Domain:
         current_memory_kib=current,
         vcpus=vcpus,
         topology=topology,
+        vcpu_pins=_vcpu_pins(root.find("cputune")),
         wired=root.find("memoryBacking/locked") is not None,
         clock=cast(ClockOffset, clock),
         features=_features(root.find("features")),
@@ -1080,6 +1130,11 @@ def format_domain_xml(domain: Domain, *, inactive: bool = True) -> str:
         w.empty("locked")
         w.close("memoryBacking")
     w.text("vcpu", d.vcpus, placement="static")
+    if d.vcpu_pins:
+        w.open("cputune")
+        for pin in d.vcpu_pins:
+            w.empty("vcpupin", vcpu=pin.vcpu, cpuset=format_cpuset(pin.cpuset))
+        w.close("cputune")
     if d.os.bootloader is not None:
         w.text("bootloader", d.os.bootloader)
     if d.os.bootloader_args is not None:

@@ -161,6 +161,9 @@ class _Builder:
             )
         else:
             self.add("-c", str(d.vcpus))
+        for pin in d.vcpu_pins:
+            for cpu in pin.cpuset:
+                self.add("-p", f"{pin.vcpu}:{cpu}")
         self.add("-m", str(d.memory_mib))
         # Passthrough needs wired guest memory; bhyve refuses to start without it.
         if d.wired or d.hostdevs:
@@ -312,6 +315,15 @@ class _Builder:
     def disks(self) -> None:
         for i, disk in enumerate(self.d.disks):
             field = f"devices.disk[{i}]"
+            if disk.bus == "sata" and isinstance(disk.address, PciAddress):
+                # A SATA disk at its own PCI slot (how a bhyve command line reads back):
+                # an AHCI controller with that one port.
+                kind = "cd" if disk.device == "cdrom" else "hd"
+                if self.caps.has(BhyveCap.AHCI32SLOT):
+                    self.device(str(disk.address), "ahci", f"{kind}:{self._disk_path(i, disk)}")
+                else:
+                    self.device(str(disk.address), f"ahci-{kind}", self._disk_path(i, disk))
+                continue
             if disk.bus in ("sata", "scsi"):
                 continue
             if disk.device != "disk":

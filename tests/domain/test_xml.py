@@ -6,7 +6,13 @@ import pytest
 
 from supervisor.domain import Domain, SupervisorPolicy
 from supervisor.domain.postparse import IdSource
-from supervisor.domain.xml import MAX_XML_BYTES, format_domain_xml, parse_domain_xml
+from supervisor.domain.xml import (
+    MAX_XML_BYTES,
+    format_cpuset,
+    format_domain_xml,
+    parse_cpuset,
+    parse_domain_xml,
+)
 from supervisor.errors import InvalidValueError, InvalidXMLError
 
 IDS = IdSource(mac=lambda: "52:54:00:00:00:01", uuid=lambda: "11111111-2222-3333-4444-555555555555")
@@ -235,3 +241,19 @@ def test_lifecycle_actions_are_kept() -> None:
     d = parse(doc(tail="", head="<on_poweroff>destroy</on_poweroff><on_reboot>destroy</on_reboot>"))
     assert (d.on_poweroff, d.on_reboot, d.on_crash) == ("destroy", "destroy", "destroy")
     assert "<on_reboot>destroy</on_reboot>" in format_domain_xml(d)
+
+
+@pytest.mark.parametrize(
+    ("text", "cpus", "compact"),
+    [("0-3", (0, 1, 2, 3), "0-3"), ("0-4,^2", (0, 1, 3, 4), "0-1,3-4"), ("5,1", (1, 5), "1,5")],
+)
+def test_cpusets(text: str, cpus: tuple[int, ...], compact: str) -> None:
+    assert parse_cpuset("cpuset", text) == cpus
+    assert format_cpuset(cpus) == compact
+
+
+def test_cputune_round_trips() -> None:
+    d = parse(doc(head="<vcpu>4</vcpu><cputune><vcpupin vcpu='3' cpuset='0-2,7'/></cputune>"))
+    text = format_domain_xml(d)
+    assert "<cputune>\n    <vcpupin vcpu='3' cpuset='0-2,7'/>\n  </cputune>" in text
+    assert parse(text) == d

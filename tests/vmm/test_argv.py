@@ -250,3 +250,37 @@ def test_topology_must_match_vcpus() -> None:
     d = domain(DISK, extra="<cpu><topology sockets='1' cores='4' threads='1'/></cpu>")
     with pytest.raises(InvalidValueError, match=r"cpu\.topology"):
         build_commands(d)
+
+
+def test_vcpu_pinning_gives_one_p_per_host_cpu() -> None:
+    d = domain(
+        DISK,
+        extra="<cputune><vcpupin vcpu='0' cpuset='2-3'/><vcpupin vcpu='1' cpuset='0-4,^1-3'/>"
+        "</cputune>",
+    )
+    argv = build_commands(d).bhyve
+    pins = [argv[i + 1] for i, a in enumerate(argv) if a == "-p"]
+    assert pins == ["0:2", "0:3", "1:0", "1:4"]
+    assert argv.index("-p") < argv.index("-m")
+
+
+def test_pinning_a_vcpu_the_guest_lacks_is_refused() -> None:
+    with pytest.raises(InvalidValueError) as info:
+        domain(DISK, extra="<cputune><vcpupin vcpu='2' cpuset='0'/></cputune>")
+    assert info.value.field == "cputune.vcpupin[0].vcpu"
+
+
+@pytest.mark.parametrize(
+    ("caps", "expected"),
+    [
+        (DEFAULT, "5:0,ahci,cd:/b.iso"),
+        (DEFAULT.without(BhyveCap.AHCI32SLOT), "5:0,ahci-cd,/b.iso"),
+    ],
+)
+def test_sata_disk_at_its_own_pci_slot(caps: object, expected: str) -> None:
+    d = domain(
+        DISK
+        + "<disk type='file' device='cdrom'><source file='/b.iso'/><target dev='sda' bus='sata'/>"
+        "<address type='pci' domain='0x0000' bus='0x00' slot='0x05' function='0x0'/></disk>"
+    )
+    assert expected in slots(build_commands(d, caps).bhyve)  # type: ignore[arg-type]
