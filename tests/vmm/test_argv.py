@@ -284,3 +284,14 @@ def test_sata_disk_at_its_own_pci_slot(caps: object, expected: str) -> None:
         "<address type='pci' domain='0x0000' bus='0x00' slot='0x05' function='0x0'/></disk>"
     )
     assert expected in slots(build_commands(d, caps).bhyve)  # type: ignore[arg-type]
+
+
+def test_pure_cores_do_not_import_trio() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, supervisor.vmm.argv, supervisor.vmm.caps, supervisor.domain.xml; "
+        "sys.exit('trio' in sys.modules)"
+    )
+    assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
