@@ -725,6 +725,7 @@ class _BhyveParser:
         for key, value in _BHYVE_DEFAULTS:
             self.tree.set(key, value)
         self.fw_cfg: list[FwCfgItem] = []
+        self.ignored_flags: list[str] = []
 
     # -- error helpers
 
@@ -782,7 +783,11 @@ class _BhyveParser:
             self.set(key, value, field=f"-{option}")
             return
         if option in ("A", "I"):
-            return  # accepted and ignored: ACPI tables and the I/O APIC are always there
+            # Accepted and ignored: ACPI tables and the I/O APIC are always there. Kept
+            # aside because libvirt's XML records them as <acpi/> and <apic/>.
+            if option not in self.ignored_flags:
+                self.ignored_flags.append(option)
+            return
         if option == "h":
             raise BhyveEarlyExit(0, stderr=self.usage_text())
         assert arg is not None
@@ -1024,6 +1029,7 @@ class _BhyveParser:
             vmname=name,
             config=config,
             fw_cfg=tuple(self.fw_cfg),
+            ignored_flags=tuple(self.ignored_flags),
             warnings=tuple(self.tree.warnings),
         )
         self.check(command)
@@ -1246,6 +1252,8 @@ class BhyveCommand:
             ``x86.strictmsr``, ``lpc.fwcfg``).
         fw_cfg: the ``-f`` items, which bhyve keeps outside the tree.
         warnings: what bhyve prints on stderr without failing (an unknown USB device).
+        ignored_flags: the flags bhyve accepts without effect (``A``, ``I``), in the
+            order first given; they leave no trace in the tree.
     """
 
     program: str
@@ -1253,6 +1261,7 @@ class BhyveCommand:
     config: Mapping[str, str] = attrs.field(converter=_freeze)
     fw_cfg: tuple[FwCfgItem, ...] = ()
     warnings: tuple[str, ...] = ()
+    ignored_flags: tuple[str, ...] = ()
 
     def dump(self) -> str:
         """The tree as ``-o config.dump=1`` prints it: ``key=value`` lines."""

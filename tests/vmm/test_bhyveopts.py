@@ -169,7 +169,9 @@ def test_flag_accessors() -> None:
 
 
 def test_ignored_flags_are_accepted_and_change_nothing() -> None:
-    assert bhyve("-A -I vm0").config == bhyve("vm0").config
+    command = bhyve("-I -A -A vm0")
+    assert command.config == bhyve("vm0").config
+    assert command.ignored_flags == ("I", "A")
 
 
 def test_combined_flags_and_attached_arguments() -> None:
