@@ -406,7 +406,8 @@ class GuestActor:
                     self._launch_scope = None
                     self._apply(
                         lc.LaunchFailed(
-                            reason=f"{os.path.basename(plan.loader[0])} {status.describe()}",
+                            reason=f"{os.path.basename(plan.loader[0])} failed "
+                            f"({_loader_status(status)}); see {self.paths.bhyve_log(self.name)}",
                             status=status,
                         )
                     )
@@ -506,6 +507,13 @@ class GuestActor:
             )
         except OSError as exc:
             self._log.warning("status_write_failed", error=exc.strerror)
+
+
+def _loader_status(status: lc.ExitStatus) -> str:
+    # bhyve's exit table means nothing for a loader: just say how it ended.
+    if status.code is not None:
+        return f"exit status {status.code}"
+    return status.describe()
 
 
 def _write_atomic(path: str, data: bytes) -> None:

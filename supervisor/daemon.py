@@ -1,0 +1,552 @@
+"""bhyvesupd: the daemon.
+
+It reads its configuration, finds out what this bhyve can do (libvirt's probe), loads
+every guest definition, serves the JSON-RPC bus on a Unix socket and runs one actor per
+guest. Signals: SIGTERM and SIGINT stop the daemon (guests keep running unless
+``daemon.on_stop = "shutdown"``, or the request that stops it asks for it); SIGHUP
+re-reads the definitions and says what changed, without touching running guests.
+
+``bhyvesupd --sim DIR`` runs the very same daemon against the simulated FreeBSD host
+rooted at DIR, with the example guests from ``etc/examples`` defined and started.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import socket
+import sys
+import time
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import attrs
+import trio
+
+from supervisor import __version__
+from supervisor import log as logsetup
+from supervisor.actors import lifecycle as lc
+from supervisor.actors.guest import GuestActor, GuestPaths, LaunchPlan
+from supervisor.config import Config, group_id, load_config
+from supervisor.domain.model import Domain
+from supervisor.domain.xml import format_domain_xml, parse_domain_xml
+from supervisor.errors import (
+    ConfigError,
+    GuestExistsError,
+    GuestNotFoundError,
+    InvalidStateError,
+    SupervisorError,
+)
+from supervisor.events import EventBus
+from supervisor.host import FREEBSD, Host
+from supervisor.store import DefinitionStore
+from supervisor.vmm import caps as capsmod
+from supervisor.vmm.argv import build_commands
+from supervisor.vmm.hostexec import run_tool
+
+log = logsetup.get_logger("bhyvesupd")
+
+EXAMPLES_DIR = Path(__file__).resolve().parent.parent / "etc" / "examples"
+
+
+def policy_of(domain: Domain) -> lc.Policy:
+    """The lifecycle policy a definition asks for (libvirt's actions + our metadata)."""
+    p = domain.policy
+    on_crash = {
+        "restart": lc.OnCrash.RESTART,
+        "rename-restart": lc.OnCrash.RESTART,
+        "coredump-restart": lc.OnCrash.RESTART,
+        "preserve": lc.OnCrash.PRESERVE,
+    }.get(domain.on_crash, lc.OnCrash.DESTROY)
+    return lc.Policy(
+        on_reboot=lc.OnReboot.DESTROY if domain.on_reboot == "destroy" else lc.OnReboot.RESTART,
+        on_poweroff=lc.OnPoweroff.RESTART
+        if domain.on_poweroff == "restart"
+        else lc.OnPoweroff.DESTROY,
+        on_crash=on_crash,
+        restart_backoff=p.restart_backoff,
+        restart_backoff_max=p.restart_backoff_max,
+        crash_limit=p.crash_limit,
+        crash_window=p.crash_window,
+        stop_timeout=p.stop_timeout,
+    )
+
+
+@attrs.define(eq=False)
+class Guest:
+    """A defined guest: its definition and its actor."""
+
+    domain: Domain
+    actor: GuestActor
+    cancel: trio.CancelScope = attrs.field(factory=trio.CancelScope)
+
+
+class Daemon:
+    """The daemon's state: guests, definitions, the event bus.
+
+    Args:
+        config: the configuration.
+        host: the host guests run on (real or simulated).
+        caps: what this host's bhyve can do.
+    """
+
+    def __init__(self, config: Config, host: Host, caps: capsmod.Capabilities) -> None:
+        self.config = config
+        self.host = host
+        self.caps = caps
+        self.bus = EventBus()
+        self.store = DefinitionStore(
+            host, config.guests.domains_dir, parse_domain_xml, format_domain_xml
+        )
+        self.paths = GuestPaths(config.guests.run_dir, config.guests.log_dir)
+        self.guests: dict[str, Guest] = {}
+        self.started_at = time.monotonic()
+        self._nursery: trio.Nursery | None = None
+        self.stopping = trio.Event()
+        self.stop_guests_on_exit = config.daemon.on_stop == "shutdown"
+
+    # -- guests ---------------------------------------------------------------------------
+
+    def lookup(self, name: str | None = None, uuid: str | None = None) -> Guest:
+        """The guest called *name* (or with *uuid*).
+
+        Raises:
+            GuestNotFoundError: no such guest.
+        """
+        if name is not None:
+            guest = self.guests.get(name)
+            if guest is None:
+                raise GuestNotFoundError(f"no guest named {name!r}", field="name")
+            return guest
+        if uuid is not None:
+            for guest in self.guests.values():
+                if guest.domain.uuid is not None and guest.domain.uuid.lower() == uuid.lower():
+                    return guest
+            raise GuestNotFoundError(f"no guest with uuid {uuid!r}", field="uuid")
+        raise GuestNotFoundError("give the guest's name or uuid", field="name")
+
+    def _plan(self, name: str) -> LaunchPlan:
+        domain = self.guests[name].domain
+        map_path = f"{self.paths.run_dir}/{name}.device.map"
+        commands = build_commands(domain, self.caps, device_map_path=map_path)
+        consoles = domain.console_paths()
+        return LaunchPlan(
+            loader=commands.loader,
+            bhyve=commands.bhyve,
+            device_map=commands.device_map,
+            device_map_path=map_path if commands.device_map is not None else None,
+            console=consoles[0][2] if consoles else None,
+            sockets=tuple(ch.path for ch in domain.channels),
+        )
+
+    def _make_actor(self, domain: Domain) -> GuestActor:
+        consoles = domain.console_paths()
+        g = self.config.guests
+        name = domain.name
+        return GuestActor(
+            name,
+            plan_factory=lambda: self._plan(name),
+            policy=policy_of(domain),
+            host=self.host,
+            paths=self.paths,
+            bus=self.bus,
+            console_path=consoles[0][2] if consoles else None,
+            mailbox_size=g.mailbox_size,
+            console_ring=g.console_ring,
+            console_log_max=g.console_log_max,
+            console_log_keep=g.console_log_keep,
+        )
+
+    async def _add(self, domain: Domain) -> Guest:
+        assert self._nursery is not None
+        guest = Guest(domain, self._make_actor(domain))
+        self.guests[domain.name] = guest
+
+        async def run_actor() -> None:
+            with guest.cancel:
+                await guest.actor.run()
+
+        self._nursery.start_soon(run_actor)
+        return guest
+
+    async def define(self, xml: str | bytes) -> Guest:
+        """Define a new guest or replace a definition (effective at the next start).
+
+        Raises:
+            InvalidValueError: the XML is invalid (the message names the field).
+            GuestExistsError: another guest already has that UUID, or that name with
+                another UUID.
+        """
+        domain = parse_domain_xml(xml.encode() if isinstance(xml, str) else xml, caps=self.caps)
+        existing = self.guests.get(domain.name)
+        for other in self.guests.values():
+            if (
+                other is not existing
+                and domain.uuid is not None
+                and other.domain.uuid == domain.uuid
+            ):
+                raise GuestExistsError(
+                    f"guest {other.domain.name!r} already has uuid {domain.uuid}", field="uuid"
+                )
+        if existing is not None and existing.domain.uuid not in (None, domain.uuid):
+            raise GuestExistsError(
+                f"guest {domain.name!r} exists with uuid {existing.domain.uuid}", field="name"
+            )
+        self.store.save(domain)
+        if existing is not None:
+            existing.domain = domain
+            existing.actor.machine.set_policy(policy_of(domain))
+            self.bus.publish("guest.defined", name=domain.name, replaced=True)
+            return existing
+        guest = await self._add(domain)
+        self.bus.publish("guest.defined", name=domain.name, replaced=False)
+        return guest
+
+    async def undefine(self, guest: Guest) -> None:
+        """Remove a stopped guest's definition.
+
+        Raises:
+            InvalidStateError: the guest is not stopped.
+        """
+        if guest.actor.state.active or guest.actor.state is lc.State.BACKOFF:
+            raise InvalidStateError(
+                f"guest {guest.domain.name} is {guest.actor.state.value}; stop it first"
+            )
+        self.store.remove(guest.domain.name)
+        del self.guests[guest.domain.name]
+        guest.actor.close()
+        self.bus.publish("guest.undefined", name=guest.domain.name)
+
+    async def set_autostart(self, guest: Guest, autostart: bool) -> None:
+        domain = attrs.evolve(
+            guest.domain, policy=attrs.evolve(guest.domain.policy, autostart=autostart)
+        )
+        self.store.save(domain)
+        guest.domain = domain
+
+    async def reload(self) -> dict[str, list[str]]:
+        """Re-read the definitions directory and apply what changed.
+
+        New guests are added (and started if autostart), removed files remove stopped
+        guests, changed definitions take effect at each guest's next start. Running
+        guests are never restarted.
+        """
+        domains, problems = self.store.load_all()
+        report: dict[str, list[str]] = {
+            "added": [],
+            "removed": [],
+            "changed": [],
+            "unchanged": [],
+            "kept": [],
+            "errors": [],
+        }
+        for p in problems:
+            report["errors"].append(f"{p.path}: {p.error}")
+        for name, domain in domains.items():
+            guest = self.guests.get(name)
+            if guest is None:
+                await self._add(domain)
+                report["added"].append(name)
+            elif guest.domain != domain:
+                guest.domain = domain
+                guest.actor.machine.set_policy(policy_of(domain))
+                report["changed"].append(name)
+            else:
+                report["unchanged"].append(name)
+        for name in list(self.guests):
+            if name not in domains:
+                guest = self.guests[name]
+                if guest.actor.state.active or guest.actor.state is lc.State.BACKOFF:
+                    report["kept"].append(name)  # running: keep it until it stops
+                    continue
+                del self.guests[name]
+                guest.actor.close()
+                report["removed"].append(name)
+        log.info("definitions_reloaded", **{k: v for k, v in report.items() if v})
+        self.bus.publish("daemon.reload", **report)
+        for name in report["added"]:
+            if domains[name].policy.autostart:
+                await self._start_quietly(self.guests[name])
+        return report
+
+    async def _start_quietly(self, guest: Guest) -> None:
+        try:
+            await guest.actor.request(lc.Start())
+        except SupervisorError as exc:
+            log.warning("autostart_failed", guest=guest.domain.name, error=str(exc))
+
+    async def autostart(self) -> None:
+        """Start the autostart guests in ``start_order``, honouring ``depends_on`` and
+        ``start_delay``."""
+        todo = sorted(
+            (g for g in self.guests.values() if g.domain.policy.autostart),
+            key=lambda g: (g.domain.policy.start_order, g.domain.name),
+        )
+        for guest in todo:
+            for dep in guest.domain.policy.depends_on:
+                dep_guest = self.guests.get(dep)
+                if dep_guest is None:
+                    log.warning("dependency_missing", guest=guest.domain.name, depends_on=dep)
+                    continue
+                state = await dep_guest.actor.wait_until(
+                    lambda s: s is lc.State.RUNNING or not s.active, 60.0
+                )
+                if state is not lc.State.RUNNING:
+                    log.warning(
+                        "dependency_not_running",
+                        guest=guest.domain.name,
+                        depends_on=dep,
+                        state=state.value,
+                    )
+            await self._start_quietly(guest)
+            if guest.domain.policy.start_delay > 0:
+                await trio.sleep(guest.domain.policy.start_delay)
+
+    async def shutdown_all(self, budget: float) -> None:
+        """Shut every running guest down in parallel, forcing what is left at the end of
+        *budget* seconds."""
+        active = [g for g in self.guests.values() if g.actor.state.active]
+        if not active:
+            return
+        log.info("shutting_down_guests", count=len(active), budget=budget)
+        grace = max(1.0, budget - 10.0)
+
+        async def stop(guest: Guest) -> None:
+            actor = guest.actor
+            try:
+                await actor.request(lc.Shutdown(timeout=grace))
+            except SupervisorError:
+                pass
+            state = await actor.wait_until(lambda s: not s.active, budget)
+            if state.active:
+                try:
+                    await actor.request(lc.Destroy())
+                except SupervisorError:
+                    pass
+                await actor.wait_until(lambda s: not s.active, 5.0)
+
+        async with trio.open_nursery() as nursery:
+            for guest in active:
+                nursery.start_soon(stop, guest)
+
+    def status(self) -> dict[str, Any]:
+        states: dict[str, int] = {}
+        for g in self.guests.values():
+            states[g.actor.state.value] = states.get(g.actor.state.value, 0) + 1
+        return {
+            "version": __version__,
+            "pid": os.getpid(),
+            "uptime": round(time.monotonic() - self.started_at, 3),
+            "host_root": self.host.root,
+            "guests": len(self.guests),
+            "states": states,
+            "subscribers": self.bus.subscribers,
+            "capabilities": sorted(str(f.name) for f in capsmod.BhyveCap if f and self.caps.has(f)),
+        }
+
+    # -- running ------------------------------------------------------------------------
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Run until :attr:`stopping` is set; then stop (and maybe shut guests down)."""
+        from supervisor import api  # the method table needs a Daemon to bind to
+        from supervisor.rpc.server import serve_unix
+
+        _make_dirs(self.host, self.config)
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            domains, problems = self.store.load_all()
+            for p in problems:
+                log.error("definition_unreadable", path=p.path, error=p.error)
+            for domain in domains.values():
+                await self._add(domain)
+            registry = api.build_registry(self)
+            d = self.config.daemon
+            await nursery.start(
+                lambda task_status: serve_unix(
+                    self.host.path(d.socket),
+                    registry,
+                    authorize=api.authorizer(d.socket_group, d.readonly_group),
+                    mode=self.config.socket_mode,
+                    group=group_id(d.socket_group),
+                    task_status=task_status,
+                )
+            )
+            log.info(
+                "daemon_started",
+                version=__version__,
+                socket=self.host.path(d.socket),
+                guests=len(self.guests),
+                host_root=self.host.root,
+            )
+            nursery.start_soon(self.autostart)
+            task_status.started()
+            await self.stopping.wait()
+            if self.stop_guests_on_exit:
+                await self.shutdown_all(self.config.daemon.shutdown_budget)
+            for guest in self.guests.values():
+                guest.actor.close()
+            nursery.cancel_scope.cancel()
+        log.info("daemon_stopped")
+
+
+async def probe_caps(host: Host) -> capsmod.Capabilities:
+    """libvirt's capability probe, run against this host's bhyve (and grub-bhyve)."""
+
+    async def out(argv: list[str], stream: str) -> str:
+        try:
+            r = await run_tool(host, argv, timeout=10.0)
+        except SupervisorError:
+            return ""
+        return r.stderr if stream == "stderr" else r.stdout
+
+    help_text = await out(["bhyve", "-h"], "stderr")
+    s_help = await out(["bhyve", "-s", "help"], "stdout")
+    bootrom = await out(["bhyve", "-l", "bootrom"], "stderr")
+    fbuf = await out(["bhyve", "-s", "0,fbuf,password="], "stderr")
+    grub: str | None = None
+    if os.path.exists(host.tool("grub-bhyve")):
+        r = await run_tool(host, ["grub-bhyve", "--help"], timeout=10.0)
+        grub = r.stdout + r.stderr
+    if not help_text and not s_help:
+        log.warning("bhyve_probe_failed", using="defaults")
+        return capsmod.DEFAULT
+    return capsmod.caps_from_probe(help_text, s_help, bootrom, fbuf, grub)
+
+
+def _make_dirs(host: Host, config: Config) -> None:
+    for d in (
+        config.guests.run_dir,
+        config.guests.log_dir,
+        config.guests.domains_dir,
+        os.path.dirname(config.daemon.socket),
+    ):
+        os.makedirs(host.path(d), exist_ok=True)
+
+
+def provision_examples(host: Host, config: Config, examples: Iterable[Path]) -> list[str]:
+    """Define the example guests on a fresh simulated host (and make their disk images).
+
+    Returns the names defined; existing definitions are left alone.
+    """
+    store = DefinitionStore(host, config.guests.domains_dir, parse_domain_xml, format_domain_xml)
+    defined = []
+    existing, _ = store.load_all()
+    for path in sorted(examples):
+        domain = parse_domain_xml(path.read_bytes())
+        if domain.name in existing:
+            continue
+        for disk in domain.disks:
+            if disk.type == "file" and disk.source and disk.device == "disk":
+                local = host.path(disk.source)
+                if not os.path.exists(local):
+                    os.makedirs(os.path.dirname(local), exist_ok=True)
+                    with open(local, "wb") as f:
+                        f.truncate(64 << 20)  # sparse: costs nothing until written
+        store.save(domain)
+        defined.append(domain.name)
+    return defined
+
+
+def _parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="bhyvesupd", description="bhyve guest supervisor daemon")
+    p.add_argument("--config", "-c", help="configuration file (default %(default)s)")
+    p.add_argument(
+        "--sim",
+        metavar="DIR",
+        help="run on the simulated FreeBSD host rooted at DIR (created if missing), "
+        "with the example guests defined and started",
+    )
+    p.add_argument(
+        "--no-examples",
+        action="store_true",
+        help="with --sim: do not define the example guests",
+    )
+    p.add_argument(
+        "--keep-guests",
+        action="store_true",
+        help="with --sim: leave guests running when the daemon stops",
+    )
+    p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    p.add_argument("--version", action="version", version=f"bhyvesupd {__version__}")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parse_args(argv)
+    try:
+        return trio.run(_amain, args)
+    except ConfigError as exc:
+        print(f"bhyvesupd: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+async def _amain(args: argparse.Namespace) -> int:
+    # Open the signal receiver first: a signal that arrives before it is lost.
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
+        host = FREEBSD
+        config_path = args.config
+        if args.sim:
+            from supervisor.vmm.sim import install
+
+            root = os.path.abspath(args.sim)
+            host = install(root)
+            if config_path is None:
+                config_path = host.path("/usr/local/etc/bhyvesupd.toml")
+                if not os.path.exists(config_path):
+                    config_path = None
+        elif config_path is None and os.path.exists("/usr/local/etc/bhyvesupd.toml"):
+            config_path = "/usr/local/etc/bhyvesupd.toml"
+        config = load_config(config_path)
+        level = args.log_level or config.daemon.log_level
+        logsetup.configure(level=level, log_file=host.path(config.daemon.log_file))
+        if args.sim and not args.no_examples:
+            examples = list(EXAMPLES_DIR.glob("*.xml"))
+            names = provision_examples(host, config, examples)
+            if names:
+                log.info("examples_defined", guests=names)
+        caps = await probe_caps(host)
+        daemon = Daemon(config, host, caps)
+        if args.sim and not args.keep_guests:
+            daemon.stop_guests_on_exit = True
+        try:
+            _check_socket_free(host.path(config.daemon.socket))
+        except SupervisorError as exc:
+            print(f"bhyvesupd: {exc}", file=sys.stderr)
+            return 1
+        async with trio.open_nursery() as nursery:
+            await nursery.start(daemon.run)
+
+            async def watch_signals() -> None:
+                async for signo in signals:
+                    if signo == signal.SIGHUP:
+                        await daemon.reload()
+                    else:
+                        log.info("daemon_stopping", signal=signal.Signals(signo).name)
+                        daemon.stopping.set()
+                        return
+
+            nursery.start_soon(watch_signals)
+            await daemon.stopping.wait()
+        return 0
+
+
+def _check_socket_free(path: str) -> None:
+    """Refuse to start when another daemon answers on our socket."""
+    if not os.path.exists(path):
+        return
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.connect(path)
+    except OSError:
+        return  # stale: the server removes it
+    finally:
+        probe.close()
+    raise SupervisorError(f"another bhyvesupd is already serving {path}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
