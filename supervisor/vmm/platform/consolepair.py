@@ -1,0 +1,99 @@
+"""A guest's console pair: bhyve holds one end, the supervisor the other.
+
+On FreeBSD the pair is nmdm(4): bhyve is given ``-l com1,/dev/nmdm<X>A`` and the
+supervisor opens ``/dev/nmdm<X>B``; devfs creates both nodes on the first lookup. On
+the simulated host there is no devfs clone handler, so the pair must be asked for
+first. :func:`ensure_pair` does whatever the host needs, :func:`open_console` opens the
+supervisor's end the same way on both.
+
+The implementation is chosen once, here, from whether the host is rooted (simulated)
+and from the OS; nothing else in the supervisor asks.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Awaitable, Callable
+
+from supervisor.errors import HostNotReadyError, UnsupportedError
+from supervisor.host import Host
+from supervisor.vmm.platform._nmdm import NmdmPath as NmdmPath
+from supervisor.vmm.platform._nmdm import make_raw
+from supervisor.vmm.platform._nmdm import parse_nmdm_path as parse_nmdm_path
+
+_EnsurePair = Callable[[Host, NmdmPath], Awaitable[None]]
+
+#: How a real (unrooted) host and a simulated (rooted) host make a pair on this OS;
+#: None where that kind of host cannot exist here.
+_REAL: _EnsurePair | None = None
+_ROOTED: _EnsurePair | None = None
+
+if sys.platform.startswith("freebsd"):
+    from supervisor.vmm.platform import _nmdm_freebsd
+
+    _REAL = _nmdm_freebsd.ensure_pair
+elif sys.platform == "linux":
+    from supervisor.vmm.platform import _nmdm_sim
+
+    _ROOTED = _nmdm_sim.ensure_pair
+
+#: How the supervisor opens its end: never our controlling tty, never blocking.
+OPEN_FLAGS = os.O_RDWR | os.O_NOCTTY | os.O_NONBLOCK | os.O_CLOEXEC
+
+
+async def ensure_pair(host: Host, b_path: str) -> None:
+    """Make sure the console pair that *b_path* belongs to can be opened on *host*.
+
+    Call it before bhyve starts and before :func:`open_console`. On FreeBSD it only
+    checks the name; on the simulated host it creates the pair.
+
+    Args:
+        host: the host the guest runs on.
+        b_path: the FreeBSD path of the supervisor's end, ``/dev/nmdm<X>B``.
+
+    Raises:
+        InvalidValueError: *b_path* is not an nmdm path.
+        UnsupportedError: this kind of host has no console pairs on this OS.
+        HostNotReadyError: the simulated host's relay did not answer.
+    """
+    end = parse_nmdm_path(b_path)
+    make_pair = _ROOTED if host.is_rooted else _REAL
+    if make_pair is None:
+        kind = f"a simulated host (root {host.root})" if host.is_rooted else "this host"
+        raise UnsupportedError(
+            f"console pair {b_path}: nmdm pairs are not available on {kind} under {sys.platform}"
+        )
+    await make_pair(host, end)
+
+
+def open_console(host: Host, b_path: str) -> int:
+    """Open the supervisor's end of a console pair and return its descriptor.
+
+    The end is opened read-write, non-blocking and without becoming a controlling
+    tty, then put in raw mode with CLOCAL set, so that bhyve closing its end never
+    turns ours into a hung-up tty that reads only EOF. The caller owns the descriptor
+    (wrap it in :class:`trio.lowlevel.FdStream`).
+
+    Raises:
+        InvalidValueError: *b_path* is not an nmdm path.
+        HostNotReadyError: the node does not exist (nmdm.ko not loaded, or the
+            simulated pair was not ensured) or is not a terminal.
+    """
+    end = parse_nmdm_path(b_path)
+    try:
+        fd = os.open(host.path(end.path), OPEN_FLAGS)
+    except FileNotFoundError:
+        raise HostNotReadyError(
+            f"console {b_path}: no such device (is nmdm.ko loaded? kldload nmdm)",
+            field="console",
+        ) from None
+    if not os.isatty(fd):
+        os.close(fd)
+        raise HostNotReadyError(f"console {b_path}: not a terminal", field="console")
+    try:
+        make_raw(fd, clocal=True)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
