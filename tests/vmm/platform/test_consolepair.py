@@ -1,0 +1,154 @@
+"""The supervisor's console end, on the simulated host: ensure, open, and talk to bhyve's end."""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import termios
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import trio
+
+from supervisor.errors import HostNotReadyError, InvalidValueError, UnsupportedError
+from supervisor.host import FREEBSD, Host
+from supervisor.vmm.platform import consolepair
+from supervisor.vmm.platform.consolepair import NmdmPath
+from supervisor.vmm.sim import nmdm
+
+
+@pytest.fixture
+def host(tmp_path: Path) -> Iterator[Host]:
+    yield Host(root=str(tmp_path))
+    nmdm.stop_relay(str(tmp_path))
+
+
+def open_bhyve_end(host: Host, a_path: str) -> int:
+    """Open the A end the way bhyve does: non-blocking, raw, CLOCAL."""
+    fd = os.open(host.path(a_path), os.O_RDWR | os.O_NONBLOCK | os.O_NOCTTY)
+    attrs = termios.tcgetattr(fd)
+    attrs[3] &= ~(termios.ECHO | termios.ICANON)
+    attrs[2] |= termios.CLOCAL
+    termios.tcsetattr(fd, termios.TCSANOW, attrs)
+    return fd
+
+
+async def receive_exactly(stream: trio.lowlevel.FdStream, size: int) -> bytes:
+    got = bytearray()
+    with trio.fail_after(10):
+        while len(got) < size:
+            got += await stream.receive_some(size - len(got))
+    return bytes(got)
+
+
+@pytest.mark.parametrize(
+    ("path", "pair", "end"),
+    [
+        ("/dev/nmdm0A", "nmdm0", "A"),
+        ("/dev/nmdm0B", "nmdm0", "B"),
+        ("/dev/nmdm-web1.1B", "nmdm-web1.1", "B"),
+        ("/dev/nmdmxA", "nmdmx", "A"),
+    ],
+)
+def test_nmdm_paths_split_into_pair_and_end(path: str, pair: str, end: str) -> None:
+    parsed = consolepair.parse_nmdm_path(path)
+    assert parsed == NmdmPath(pair, end)  # type: ignore[arg-type]
+    assert parsed.path == path
+    assert parsed.peer.peer == parsed
+    assert {parsed.end, parsed.peer.end} == {"A", "B"}
+
+
+def test_an_overlong_nmdm_name_is_refused() -> None:
+    with pytest.raises(InvalidValueError, match="at most 255 bytes"):
+        consolepair.parse_nmdm_path("/dev/nmdm" + "x" * 251 + "B")
+
+
+async def test_the_supervisor_talks_to_bhyve_through_its_end(host: Host) -> None:
+    await consolepair.ensure_pair(host, "/dev/nmdm-web1.1B")
+    a = open_bhyve_end(host, "/dev/nmdm-web1.1A")
+    b = consolepair.open_console(host, "/dev/nmdm-web1.1B")
+    async with trio.lowlevel.FdStream(b) as console:
+        banner = b"FreeBSD/amd64 (web1) (ttyu0)\r\n\r\nlogin: "
+        os.write(a, banner)
+        assert await receive_exactly(console, len(banner)) == banner
+        await console.send_all(b"root\r\x03\x7f")
+        with trio.fail_after(10):
+            await trio.lowlevel.wait_readable(a)
+        assert os.read(a, 100) == b"root\r\x03\x7f"
+    os.close(a)
+
+
+def test_the_supervisor_end_is_raw_clocal_nonblocking_and_not_our_tty(host: Host) -> None:
+    trio.run(consolepair.ensure_pair, host, "/dev/nmdm0B")
+    b = consolepair.open_console(host, "/dev/nmdm0B")
+    try:
+        iflag, oflag, cflag, lflag, _, _, cc = termios.tcgetattr(b)
+        assert cflag & termios.CLOCAL
+        assert cflag & termios.CSIZE == termios.CS8
+        assert not lflag & (termios.ECHO | termios.ICANON | termios.ISIG | termios.IEXTEN)
+        assert not iflag & (termios.ICRNL | termios.IXON | termios.ISTRIP)
+        assert not oflag & termios.OPOST
+        assert cc[termios.VMIN] == 1
+        assert fcntl.fcntl(b, fcntl.F_GETFL) & os.O_NONBLOCK
+        assert fcntl.fcntl(b, fcntl.F_GETFD) & fcntl.FD_CLOEXEC
+        with open("/proc/self/stat") as f:
+            controlling_tty = int(f.read().rpartition(")")[2].split()[4])
+        assert controlling_tty != os.fstat(b).st_rdev
+    finally:
+        os.close(b)
+
+
+async def test_bhyve_going_away_does_not_hang_up_the_supervisor_end(host: Host) -> None:
+    await consolepair.ensure_pair(host, "/dev/nmdm0B")
+    b = consolepair.open_console(host, "/dev/nmdm0B")
+    async with trio.lowlevel.FdStream(b) as console:
+        a = open_bhyve_end(host, "/dev/nmdm0A")
+        os.write(a, b"first boot\n")
+        assert await receive_exactly(console, 11) == b"first boot\n"
+        os.close(a)  # bhyve exits
+
+        # Our end neither reads EOF nor refuses writes while no bhyve runs...
+        with trio.move_on_after(0.2) as idle:
+            data = await console.receive_some(100)
+            pytest.fail(f"the console read {data!r} with no bhyve behind it")
+        assert idle.cancelled_caught
+        await console.send_all(b"typed while down\n")  # where it goes is bhyve's business
+
+        # ...and the next bhyve is heard on the same descriptor.
+        await consolepair.ensure_pair(host, "/dev/nmdm0B")
+        a = open_bhyve_end(host, "/dev/nmdm0A")
+        os.write(a, b"second boot\n")
+        assert await receive_exactly(console, 12) == b"second boot\n"
+        await console.send_all(b"root\r")
+        typed = b""
+        with trio.fail_after(10):
+            while not typed.endswith(b"root\r"):
+                await trio.lowlevel.wait_readable(a)
+                typed += os.read(a, 100)
+        os.close(a)
+
+
+async def test_bad_names_are_refused_before_anything_starts(host: Host) -> None:
+    with pytest.raises(InvalidValueError, match="'/dev/ttyu0'"):
+        await consolepair.ensure_pair(host, "/dev/ttyu0")
+    with pytest.raises(InvalidValueError, match="'/dev/nmdm0C'"):
+        consolepair.open_console(host, "/dev/nmdm0C")
+    assert nmdm.relay_pid(host.root) is None
+
+
+def test_opening_an_end_that_was_never_ensured_names_it(host: Host) -> None:
+    with pytest.raises(HostNotReadyError, match=r"/dev/nmdm7B: no such device"):
+        consolepair.open_console(host, "/dev/nmdm7B")
+
+
+def test_a_node_that_is_not_a_terminal_is_refused(host: Host) -> None:
+    (Path(host.root) / "dev").mkdir()
+    Path(host.path("/dev/nmdm0B")).write_text("")
+    with pytest.raises(HostNotReadyError, match="/dev/nmdm0B: not a terminal"):
+        consolepair.open_console(host, "/dev/nmdm0B")
+
+
+async def test_a_real_freebsd_host_is_not_this_machine() -> None:
+    with pytest.raises(UnsupportedError, match="/dev/nmdm0B"):
+        await consolepair.ensure_pair(FREEBSD, "/dev/nmdm0B")
