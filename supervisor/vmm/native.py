@@ -18,7 +18,7 @@ Three outcomes for a piece of the command line:
 * bhyve itself would refuse it (unknown emulation, slot used twice, bad number, no VM
   name), or the loader disagrees with bhyve (name, memory): :class:`InvalidArgvError`;
 * bhyve accepts it but the model has no place for it (a netgraph NIC, a PCI UART,
-  ``-p`` pins, ``x86.x2apic``): a warning, and the piece is left out; with
+  ``x86.x2apic``, a pin for a vCPU the guest lacks): a warning, and the piece is left out; with
   ``strict=True`` it is an error instead.
 
 libvirt compatibility (CASES.md §6.4): where libvirt's argv2xml parser gives a result the
@@ -60,6 +60,7 @@ from supervisor.domain.model import (
     Rng,
     Serial,
     Sound,
+    VcpuPin,
     Video,
     normalize_mac,
     normalize_uuid,
@@ -221,7 +222,9 @@ class _Importer:
             if key in _HARMLESS and value.lower() in _HARMLESS[key]:
                 continue
             if key.startswith("vcpu.") and key.endswith(".cpuset"):
-                self.lost(f"vCPU pinning ({value}) has no place in the guest model", "-p")
+                vcpu = key.split(".")[1]
+                if not vcpu.isdigit() or int(vcpu) >= cmd.cpus:
+                    self.lost(f"vCPU {vcpu} does not exist; bhyve ignores its pinning", "-p")
                 continue
             self.lost(f"{key}={value} has no place in the guest model", key)
         for fw in cmd.fw_cfg:
@@ -264,6 +267,10 @@ class _Importer:
             "current_memory_kib": -(-memsize // 1024),
             "vcpus": cmd.cpus,
             "topology": topology,
+            "vcpu_pins": tuple(
+                VcpuPin(vcpu=vcpu, cpuset=tuple(sorted(cpus)))
+                for vcpu, cpus in sorted(cmd.vcpu_pins.items())
+            ),
             "wired": cmd.wired,
             "clock": "localtime" if cmd.rtc_localtime else "utc",
             "features": features,

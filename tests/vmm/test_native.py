@@ -20,6 +20,7 @@ from supervisor.domain.model import (
     Rng,
     Serial,
     Sound,
+    VcpuPin,
 )
 from supervisor.errors import InvalidArgvError
 from supervisor.vmm.native import NativeResult, domain_from_argv, domain_from_native
@@ -258,14 +259,14 @@ def test_clean_errors_name_the_argument(text: str, field: str | None) -> None:
 
 def test_what_the_model_cannot_hold_is_a_warning_or_with_strict_an_error() -> None:
     text = (
-        "bhyve -m 512 -x -p 0:2 -s 3,virtio-net,netgraph,path=a:,peerhook=b "
+        "bhyve -m 512 -x -p 1:2 -s 3,virtio-net,netgraph,path=a:,peerhook=b "
         "-s 4,uart,stdio -s 5,virtio-blk,/d.img,nocache vm0"
     )
     result = native(text)
     assert result.domain.interfaces == ()
     assert result.domain.disks[0].source == "/d.img"
     joined = "\n".join(result.warnings)
-    for needle in ("x86.x2apic=true", "vCPU pinning", "netgraph", "uart", "nocache"):
+    for needle in ("x86.x2apic=true", "vCPU 1 does not exist", "netgraph", "uart", "nocache"):
         assert needle in joined
     with pytest.raises(InvalidArgvError, match=r"x86\.x2apic"):
         native(text, strict=True)
@@ -274,6 +275,11 @@ def test_what_the_model_cannot_hold_is_a_warning_or_with_strict_an_error() -> No
 def test_defaults_and_what_the_supervisor_always_sets_raise_no_warning() -> None:
     result = native("bhyve -A -H -P -D -o acpi_tables=true -o x86.mptable=true vm0")
     assert result.warnings == ()
+
+
+def test_vcpu_pins() -> None:
+    d = native("bhyve -c 2 -p 0:3 -p 0:1 -p 1:5 -o vcpu.1.cpuset=4-6 vm0").domain
+    assert d.vcpu_pins == (VcpuPin(0, (1, 3)), VcpuPin(1, (4, 5, 6)))
 
 
 def test_a_second_loader_is_ignored_with_a_warning() -> None:

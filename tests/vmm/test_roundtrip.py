@@ -31,6 +31,7 @@ from supervisor.domain.model import (
     PciAddress,
     Rng,
     Serial,
+    VcpuPin,
 )
 from supervisor.vmm.argv import build_bhyve_argv, build_commands
 from supervisor.vmm.bhyveopts import BhyveCommand, parse_bhyve_argv
@@ -93,6 +94,11 @@ def domains(draw: st.DrawFn) -> Domain:
     sockets, cores, threads = draw(st.tuples(*[st.integers(1, 2)] * 3))
     topology = draw(st.sampled_from([None, CpuTopology(sockets, cores, threads)]))
     vcpus = topology.vcpus if topology else draw(st.integers(1, 16))
+    pinned = draw(st.lists(st.integers(0, vcpus - 1), unique=True, max_size=2))
+    pins = tuple(
+        VcpuPin(v, tuple(sorted(draw(st.sets(st.integers(0, 63), min_size=1, max_size=3)))))
+        for v in sorted(pinned)
+    )
     os = Os()
     if bootrom:
         os = Os(loader=Loader(path="/fw/CODE.fd", readonly=True, type="pflash"),
@@ -104,6 +110,7 @@ def domains(draw: st.DrawFn) -> Domain:
         memory_kib=draw(st.integers(1, 8192)) * 1024,
         vcpus=vcpus,
         topology=topology,
+        vcpu_pins=pins,
         wired=draw(st.booleans()),
         clock=draw(st.sampled_from(["utc", "localtime"])),
         features=Features(*draw(st.tuples(st.booleans(), st.booleans(), st.booleans()))),
@@ -171,6 +178,7 @@ def vm(command: BhyveCommand) -> tuple[object, ...]:
         command.bootrom,
         command.bootvars,
         command.com_ports(),
+        command.vcpu_pins,
         command.pci_devices(),
     )
 
@@ -186,6 +194,10 @@ def command_lines(draw: st.DrawFn) -> list[str]:
     cpus = draw(st.sampled_from(["2", "sockets=2,cores=1,threads=2", "cpus=1"]))
     argv += ["-c", cpus, "-m", draw(st.sampled_from(["512", "1G", "2048M", "1073741824"]))]
     argv += draw(st.lists(st.sampled_from(["-S", "-A", "-I", "-w", "-u"]), unique=True))
+    last_vcpu = {"2": 1, "cpus=1": 0}.get(cpus, 3)
+    pins = st.tuples(st.integers(0, last_vcpu), st.integers(0, 7))
+    for vcpu, host in draw(st.lists(pins, max_size=3)):
+        argv += ["-p", f"{vcpu}:{host}"]
     argv += ["-H", "-P", "-s", "0:0,hostbridge"]
     devices = []
     for path in draw(st.lists(_paths, max_size=3)):
