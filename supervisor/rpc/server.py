@@ -13,10 +13,11 @@ Shape of one connection::
   interleave. Replies wait for room in the channel; notifications never wait: when the
   channel is full they are counted as lost and, once there is room again, the client
   gets one ``events.lost`` notification with the count before the next event.
-- A method registered with ``upgrade=True`` runs with the reader paused. If it sets
-  ``ctx.after_reply``, the sender writes its reply, stops the connection's other tasks
-  and hands the raw stream (with any bytes the reader had already taken) to that
-  function; the connection speaks no JSON afterwards.
+- A method registered with ``upgrade=True`` runs alone, with the reader paused: it first
+  waits for the calls sent before it to reply. If it sets ``ctx.after_reply``, the
+  sender writes its reply, stops the connection's other tasks (notifications queued
+  after the reply are dropped) and hands the raw stream, with any bytes the reader had
+  already taken, to that function; the connection speaks no JSON afterwards.
 - A client that half-closes still gets the replies to what it sent; one that is gone is
   noticed when a write fails, which cancels its calls.
 - Nothing a connection does reaches another connection or the listener: each
@@ -146,6 +147,7 @@ class ServerConnection:
         self._stream = stream
         self._registry = registry
         self._proto = Connection("server", max_message=max_message)
+        self._max_concurrent = max_concurrent
         self._slots = trio.Semaphore(max_concurrent)
         self._send, self._recv = trio.open_memory_channel[_Outgoing](queue_size)
         self._scope = trio.CancelScope()
@@ -256,22 +258,29 @@ class ServerConnection:
             elif isinstance(event, Invalid):
                 await self._reply(event.reply)
             elif isinstance(event, Request | Notification):
-                await self._slots.acquire()
                 method = self._registry.get(event.method)
                 if isinstance(event, Request) and method is not None and method.upgrade:
-                    # Run it with the reader paused: bytes after it may not be JSON.
-                    try:
-                        upgraded = await self._call(event)
-                    finally:
-                        self._slots.release()
-                    if upgraded:
+                    if await self._upgrade_call(event):
                         return
                 else:
+                    await self._slots.acquire()
                     calls.start_soon(self._released, partial(self._call, event))
             elif isinstance(event, Batch):
                 await self._slots.acquire()
                 calls.start_soon(self._released, partial(self._batch, event))
             # A server's Connection decodes nothing else.
+
+    async def _upgrade_call(self, call: Request) -> bool:
+        # The reader is paused (bytes after this request may not be JSON) and every
+        # slot is taken, which waits for the calls sent before this one to reply: their
+        # replies must not be lost, and nothing may be written after the upgrade.
+        for _ in range(self._max_concurrent):
+            await self._slots.acquire()
+        try:
+            return await self._call(call)
+        finally:
+            for _ in range(self._max_concurrent):
+                self._slots.release()
 
     async def _released(self, job: Callable[[], Awaitable[object]]) -> None:
         try:
