@@ -136,7 +136,13 @@ def peer_credentials(fd: int) -> PeerCredentials:
         OSError: the kernel would not say (not a Unix socket, or an unsupported system).
     """
     # A duplicate, so that closing our socket object leaves the caller's descriptor open.
-    with socket.socket(fileno=os.dup(fd)) as sock:
+    dup = os.dup(fd)
+    try:
+        sock = socket.socket(fileno=dup)
+    except OSError:
+        os.close(dup)
+        raise
+    with sock:
         if _PLATFORM.startswith("linux"):
             raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size)
             return decode_ucred(raw, _linux_groups(sock))
