@@ -17,7 +17,7 @@ import socket
 from collections import deque
 from collections.abc import Iterator
 from types import TracebackType
-from typing import Any, Final
+from typing import Any, Final, NoReturn
 
 from supervisor.errors import InvalidValueError, PermissionDeniedError
 from supervisor.host import SOCKET_PATH
@@ -159,8 +159,7 @@ class Client:
         try:
             sock.sendall(data)
         except (BrokenPipeError, ConnectionResetError):
-            self.close()
-            raise ConnectionLostError(f"the daemon closed the connection ({method})") from None
+            self._raise_parting_error(method)
         while True:
             try:
                 event = self._next_event(f"reply to {method}", self.timeout)
@@ -188,14 +187,28 @@ class Client:
                 self.close()
                 raise RemoteProtocolError("the daemon sent a batch nobody asked for")
 
+    def _raise_parting_error(self, method: str) -> NoReturn:
+        """The daemon hung up on us: raise what it said last (a refusal), if anything."""
+        try:
+            while True:
+                event = self._next_event("parting words", 1.0)
+                if isinstance(event, ErrorResponse) and event.id is None:
+                    raise error_from_object(event.error)
+                if isinstance(event, ConnectionClosed):
+                    break
+        except (RequestTimeoutError, RemoteProtocolError, OSError):
+            pass
+        finally:
+            self.close()
+        raise ConnectionLostError(f"the daemon closed the connection ({method})")
+
     def notify(self, method: str, /, **params: Any) -> None:
         """Send a notification (no reply is sent or awaited)."""
         data = self._proto.send(Notification(method=method, params=params or None))
         try:
             self._socket().sendall(data)
         except (BrokenPipeError, ConnectionResetError):
-            self.close()
-            raise ConnectionLostError(f"the daemon closed the connection ({method})") from None
+            self._raise_parting_error(method)
 
     def notifications(self, *, timeout: float | None = None) -> Iterator[Notification]:
         """The daemon's notifications, as they come.

@@ -92,6 +92,9 @@ RECEIVE_SIZE: Final = 64 * 1024
 BACKLOG: Final = 128
 #: How long a stale-socket probe may take before the socket is deemed alive.
 PROBE_TIMEOUT: Final = 5.0
+#: How long, and for how many bytes, a refused client is heard out before the close.
+REFUSAL_LINGER: Final = 2.0
+REFUSAL_DRAIN: Final = 64 * 1024
 
 
 def group_policy(
@@ -459,15 +462,22 @@ async def _serve_one(
         await trio.aclose_forcefully(stream)
 
 
-async def _refuse(stream: trio.abc.Stream, creds: PeerCredentials) -> None:
+async def _refuse(stream: trio.abc.HalfCloseableStream, creds: PeerCredentials) -> None:
     LOGGER.info("rpc_connection_refused", uid=creds.uid, gid=creds.gid, pid=creds.pid)
     err = PermissionDeniedError(
         f"permission denied: uid {creds.uid} (gid {creds.gid}) may not use this socket"
     )
     reply = ErrorResponse(None, ErrorObject(err.code, err.message, err.to_data()))
-    with trio.move_on_after(1.0):
+    # Closing at once would race the client's first request: it would meet EPIPE on
+    # writing, or a reset on reading, before it read why. So: say why, stop writing,
+    # and swallow what it sends until it hangs up, within a bound.
+    with trio.move_on_after(REFUSAL_LINGER):
         try:
             await stream.send_all(encode(reply))
+            await stream.send_eof()
+            swallowed = 0
+            while swallowed < REFUSAL_DRAIN and (chunk := await stream.receive_some()):
+                swallowed += len(chunk)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass
 
