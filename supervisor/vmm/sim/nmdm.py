@@ -96,6 +96,9 @@ READ_SIZE = 64 * 1024
 START_TIMEOUT = 30.0
 REQUEST_TIMEOUT = 30.0
 STOP_TIMEOUT = 10.0
+#: How often an idle relay checks that its simulated host still exists (seconds);
+#: the relay takes it from ``$BHYVESIM_ORPHAN_CHECK`` when that is set.
+ORPHAN_CHECK = 10.0
 
 _MODULE = "supervisor.vmm.sim.nmdm"
 
@@ -374,9 +377,13 @@ class _Client:
 
 
 class _Relay:
-    def __init__(self, root: Path, listener: socket.socket) -> None:
+    def __init__(
+        self, root: Path, listener: socket.socket, socket_ino: int, orphan_check: float
+    ) -> None:
         self.root = root
+        self.orphan_check = orphan_check
         self.listener = listener
+        self.socket_ino = socket_ino
         self.selector = selectors.DefaultSelector()
         self.pairs: dict[str, _Pair] = {}
         self.masters: dict[int, tuple[_Pair, _End]] = {}
@@ -387,7 +394,10 @@ class _Relay:
         self.selector.register(self.listener, selectors.EVENT_READ)
         try:
             while True:
-                for key, mask in self.selector.select():
+                ready = self.selector.select(self.orphan_check)
+                if not ready and self._orphaned():
+                    break
+                for key, mask in ready:
                     if key.fileobj is self.listener:
                         self._accept()
                     elif key.fd in self.clients:
@@ -406,6 +416,14 @@ class _Relay:
             for client in list(self.clients.values()):
                 client.sock.close()
             self.selector.close()
+
+    def _orphaned(self) -> bool:
+        # A simulated host whose directory was removed without stop_relay() would
+        # otherwise keep its relay for ever: nobody can find it any more.
+        try:
+            return os.stat(self.root / KERNEL_DIR / SOCKET_NAME).st_ino != self.socket_ino
+        except FileNotFoundError:
+            return True
 
     # Data path -------------------------------------------------------------------
 
@@ -603,12 +621,14 @@ def _serve(root: Path) -> int:
     finally:
         os.close(dir_fd)
     listener.listen(64)
+    socket_ino = os.stat(kdir / SOCKET_NAME).st_ino
     # The starter waits for this process to exit; the relay carries on in the child,
     # which is nobody's child it could be reaped by by mistake.
     if os.fork() != 0:
         os._exit(0)
     os.ftruncate(pid_fd, 0)
     os.pwrite(pid_fd, f"{os.getpid()}\n".encode(), 0)
+    os.chdir("/")  # pin no directory of whoever started it
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
@@ -617,10 +637,12 @@ def _serve(root: Path) -> int:
 
     signal.signal(signal.SIGTERM, on_term)
     try:
-        _Relay(root, listener).run()
+        orphan_check = float(os.environ.get("BHYVESIM_ORPHAN_CHECK", ORPHAN_CHECK))
+        _Relay(root, listener, socket_ino, orphan_check).run()
     finally:
         with contextlib.suppress(FileNotFoundError):
-            os.unlink(kdir / SOCKET_NAME)
+            if os.stat(kdir / SOCKET_NAME).st_ino == socket_ino:
+                os.unlink(kdir / SOCKET_NAME)
         listener.close()
         _remove_links(root)
         os.ftruncate(pid_fd, 0)

@@ -309,3 +309,21 @@ def test_a_killed_relay_is_replaced_and_its_nodes_cleaned(root: str) -> None:
     assert nmdm.relay_pid(root) not in (None, pid)
     assert nmdm.list_pairs(root) == ["/dev/nmdm1A", "/dev/nmdm1B"]
     assert not os.path.lexists(os.path.join(root, "dev", "nmdm0A"))
+
+
+def test_a_relay_whose_host_was_deleted_goes_away(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sim = tmp_path / "doomed"
+    sim.mkdir()
+    monkeypatch.setenv("BHYVESIM_ORPHAN_CHECK", "0.05")
+    nmdm.ensure_pair(str(sim), "/dev/nmdm0A")
+    pid = nmdm.relay_pid(str(sim))
+    assert pid is not None
+    subprocess.run(["rm", "-rf", str(sim)], check=True)
+    pidfd = os.pidfd_open(pid)
+    try:
+        ready, _, _ = select.select([pidfd], [], [], PATIENCE)
+    finally:
+        os.close(pidfd)
+    assert ready, "the relay of a deleted host is still running"
