@@ -5,7 +5,7 @@
 set -eu
 cd "$(dirname "$0")/.."
 . scripts/venv.sh
-"$VENV/bin/ruff" check supervisor tests bench
-"$VENV/bin/ruff" format --check supervisor tests bench
+"$VENV/bin/ruff" check supervisor tests
+"$VENV/bin/ruff" format --check supervisor tests
 "$VENV/bin/mypy"
 exec "$VENV/bin/python" -m pytest "$@"
