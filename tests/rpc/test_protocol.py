@@ -481,3 +481,23 @@ def test_random_bytes_never_crash_the_framer(chunks: list[bytes]) -> None:
     if error is not None:
         assert error.code == ErrorCode.PARSE_ERROR
         assert json.loads(encode(error.reply))["id"] is None
+
+
+garbage_lines = st.binary(max_size=40).filter(lambda b: b"\n" not in b and b.strip() != b"")
+
+
+@given(st.lists(calls.map(encode) | garbage_lines.map(lambda b: b + b"\n"), max_size=10))
+def test_every_line_gets_exactly_one_event(lines: list[bytes]) -> None:
+    # A bad line never swallows or splits its neighbours: one line, one event, whose
+    # reply (if any) can be sent.
+    conn = Connection("server")
+    conn.receive_data(b"".join(lines))
+    got = [e for e in events(conn) if not isinstance(e, ConnectionClosed)]
+    expected = [line for line in lines if line.strip()]
+    assert len(got) == len(expected)
+    for event in got:
+        if isinstance(event, Invalid):
+            conn.send(event.reply)
+        elif isinstance(event, Request):
+            conn.send(Response(event.id, None))
+    assert conn.awaiting_reply == 0

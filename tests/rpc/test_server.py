@@ -545,3 +545,25 @@ async def test_blocking_client_upgrade_keeps_early_bytes(server: str) -> None:
             return data
 
     assert await trio.to_thread.run_sync(session) == b"hey\nXYZ"
+
+
+async def test_a_client_that_never_reads_starves_no_one(start_server: ServerFactory) -> None:
+    path = await start_server(queue_size=4, max_concurrent=2)
+    big = "x" * 65536
+    async with await raw_connect(path) as hog, trio.open_nursery() as nursery:
+        sent = 0
+
+        async def flood_requests() -> None:
+            nonlocal sent
+            for n in range(1000):
+                await hog.send_all(request("test.echo", n, value=big))
+                sent += 1
+
+        nursery.start_soon(flood_requests)
+        # The hog's replies fill its socket and queue, its calls wait, the server stops
+        # reading from it, and its own writes stall: all of it stays on its connection.
+        await trio.testing.wait_all_tasks_blocked()
+        assert sent < 1000  # the daemon pushed back instead of buffering it all
+        async with open_client(path) as other:
+            assert await other.call("test.echo", value="served") == "served"
+        nursery.cancel_scope.cancel()
