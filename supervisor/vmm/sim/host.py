@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import contextlib
-import importlib
 import os
 import sys
-from typing import Any
 
 from supervisor import host as host_mod
 from supervisor.host import Host
-from supervisor.vmm.sim import hardware, procs
+from supervisor.vmm.sim import hardware, nmdm, procs
 from supervisor.vmm.sim.hardware import DEFAULT_KLDS, INTEL, Hardware, SysctlValue
 from supervisor.vmm.sim.kernel import KERNEL_DIR, Kernel
 
@@ -186,19 +184,6 @@ def install(
     return host
 
 
-def _stop_console_relays(root: str) -> None:
-    # The nmdm emulation is a separate component; stop its relay if it offers a way.
-    try:
-        nmdm: Any = importlib.import_module("supervisor.vmm.sim.nmdm")
-    except ImportError:
-        return
-    for name in ("teardown", "stop_relay", "stop"):
-        stop = getattr(nmdm, name, None)
-        if callable(stop):
-            stop(root)
-            return
-
-
 def teardown(root: str) -> list[int]:
     """Kill every simulated process of the host at *root* (bhyve, loaders, relays).
 
@@ -206,5 +191,5 @@ def teardown(root: str) -> list[int]:
     """
     root = os.path.abspath(root)
     killed = procs.kill_all(root)
-    _stop_console_relays(root)
+    nmdm.stop_relay(root)
     return killed
