@@ -297,11 +297,39 @@ class Method:
 _H = TypeVar("_H", bound=Callable[..., Awaitable[Any]])
 
 
+def _hints(name: str, handler: Callable[..., Awaitable[Any]]) -> dict[str, Any]:
+    """The handler's annotations, evaluated one by one so that a failure names its own.
+
+    A return annotation that cannot be evaluated (a name imported only for type
+    checking) is left out; the reference then shows the result as ``any``.
+    """
+    try:
+        return typing.get_type_hints(handler)
+    except NameError:
+        pass
+    hints: dict[str, Any] = {}
+    namespace = getattr(handler, "__globals__", {})
+    for key, annotation in inspect.get_annotations(handler).items():
+        if not isinstance(annotation, str):
+            hints[key] = annotation
+            continue
+        try:
+            # Annotations are source code of the handler's own module, as typing evaluates them.
+            hints[key] = eval(annotation, namespace)
+        except NameError as exc:
+            if key != "return":
+                raise TypeError(
+                    f"{name}: parameter {key!r}: cannot resolve its annotation "
+                    f"{annotation!r} ({exc})"
+                ) from None
+    return hints
+
+
 def _signature(name: str, handler: Callable[..., Awaitable[Any]]) -> tuple[list[Param], str]:
     if not inspect.iscoroutinefunction(handler):
         raise TypeError(f"{name}: the handler must be an async function")
     sig = inspect.signature(handler)
-    hints = typing.get_type_hints(handler)
+    hints = _hints(name, handler)
     parameters = list(sig.parameters.values())
     if not parameters or parameters[0].kind not in (
         inspect.Parameter.POSITIONAL_ONLY,

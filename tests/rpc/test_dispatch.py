@@ -357,3 +357,19 @@ def test_protocol_codes_and_unknown_codes_rebuild() -> None:
     assert isinstance(unknown, RemoteError)
     assert unknown.remote_code == -32099
     assert str(unknown) == "from the future"
+
+
+def test_an_unresolvable_annotation_is_named_or_left_out() -> None:
+    reg = Registry()
+
+    async def returns_unknown(ctx: CallContext, *, name: str) -> NotImportedHere:  # type: ignore[name-defined]  # noqa: F821
+        return None
+
+    async def takes_unknown(ctx: CallContext, *, spec: NotImportedHere) -> None:  # type: ignore[name-defined]  # noqa: F821
+        return None
+
+    method = reg.add("a.ret", returns_unknown)
+    assert method.returns == "any"
+    assert [p.name for p in method.params] == ["name"]
+    with pytest.raises(TypeError, match="'spec': cannot resolve its annotation 'NotImportedHere'"):
+        reg.add("a.arg", takes_unknown)
