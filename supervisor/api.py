@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import grp
 import socket as _socket
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 import trio
@@ -299,21 +300,19 @@ def build_registry(daemon: Daemon) -> Registry:
                         except (ConsoleTakenOver, trio.ClosedResourceError):
                             pass
 
+            async def guarded(fn: Callable[[], Awaitable[None]], scope: trio.CancelScope) -> None:
+                # Either direction ending (the client left, the console closed) ends both.
+                try:
+                    await fn()
+                except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+                    pass
+                finally:
+                    scope.cancel()
+
             try:
                 async with trio.open_nursery() as nursery:
-
-                    async def reader() -> None:
-                        await from_client()
-                        nursery.cancel_scope.cancel()
-
-                    async def writer_() -> None:
-                        await to_client()
-                        nursery.cancel_scope.cancel()
-
-                    nursery.start_soon(reader)
-                    nursery.start_soon(writer_)
-            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
-                pass
+                    nursery.start_soon(guarded, from_client, nursery.cancel_scope)
+                    nursery.start_soon(guarded, to_client, nursery.cancel_scope)
             finally:
                 console.detach(att)
 

@@ -183,7 +183,7 @@ class Policy:
     crash_window: float = 300.0
     stop_timeout: float = 120.0
     kill_timeout: float = 10.0
-    start_grace: float = 0.5
+    start_grace: float = 0.1
 
 
 # --------------------------------------------------------------------------------------
