@@ -20,6 +20,10 @@ has FreeBSD bhyve's threads, named as ``pthread_set_name_np()`` names them (``vc
 ``mevent``, ``blk-S:F-n``), all idle once booted: the event loop sleeps in ``poll``
 on the console, the kernel doorbell and a wake-up pipe.
 
+One knob exists for tests, in a form real bhyve accepts and ignores (an unknown
+config variable): ``-o bhyvesim.acpi_delay=SECONDS`` changes when the guest enables
+ACPI, and ``-o bhyvesim.acpi_delay=never`` makes a guest that never does.
+
 How the process ends is what a supervisor watches, so it is exact: the exit status
 of the suspend reason (0 reset, 1 poweroff, 2 halt, 3 triple fault), 4 for errors and
 for a VM destroyed under it (1 on 14.x), death by SIGABRT for ``abort``, and death by
@@ -44,6 +48,7 @@ import sys
 import termios
 import threading
 import time
+import traceback
 import tty
 from collections.abc import Sequence
 from types import FrameType
@@ -161,14 +166,17 @@ class _Bhyve:
             sys.stderr.flush()
         if signum == signal.SIGABRT:
             # abort() may dump core on FreeBSD; a test run should not leave cores.
+            # Python leaves SIGABRT at its default action, from any thread.
             resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
-            signal.signal(signal.SIGABRT, signal.SIG_DFL)
             os.abort()
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signum})
-        signal.signal(signum, signal.SIG_DFL)
-        os.kill(os.getpid(), signum)
-        while True:  # the signal is delivered to some thread; wait for it
-            time.sleep(1)
+        try:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, {signum})
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+            while True:  # the signal is delivered to some thread; wait for it
+                time.sleep(1)
+        finally:
+            os._exit(128 + signum)  # never linger half-dead, whatever went wrong
 
     def on_signal(self, signum: int, frame: FrameType | None) -> None:
         """SIGTERM after ACPI is the power button; anything else kills as by default."""
@@ -190,7 +198,7 @@ class _Bhyve:
             if e.message:
                 sys.stderr.write(e.message)
             return e.status
-        threading.Thread(target=self._mevent, name="mevent", daemon=True).start()
+        threading.Thread(target=self._mevent_guarded, name="mevent", daemon=True).start()
         while True:
             signal.pause()
 
@@ -403,7 +411,7 @@ class _Bhyve:
             # The RTC starts at host local time, or UTC with -u.
             vm.rtc_offset = 0.0 if cmd.rtc_localtime else time.time() - host_local_seconds()
             vm.stats = {}
-        self.guest = Guest(self.name, boot)
+        self.guest = Guest(self.name, boot, acpi_delay=_acpi_delay(cmd))
 
     def _start_threads(self, cmd: BhyveCommand) -> None:
         threading.stack_size(256 * 1024)
@@ -448,6 +456,14 @@ class _Bhyve:
         with contextlib.suppress(OSError), self.kernel.update(self.name) as vm:
             vm.stats[str(vcpu)] = {**vm.stats.get(str(vcpu), {}), **stats}
         self.idle.wait()
+
+    def _mevent_guarded(self) -> None:
+        try:
+            self._mevent()
+        except Exception:
+            # A simulator bug must not leave a bhyve without its event loop running.
+            traceback.print_exc()
+            self.exit(EXIT_ERROR)
 
     def _mevent(self) -> None:
         _set_thread_name("mevent")
@@ -595,6 +611,18 @@ class _Bhyve:
         """The VM was destroyed under us: vm_run fails (ENXIO)."""
         sys.stderr.write(f"vm_run error -1, errno {bsd.number(errno.ENXIO)}\n")
         self.exit(EXIT_ERROR if self.major >= 15 else 1)
+
+
+def _acpi_delay(cmd: BhyveCommand) -> float | None:
+    value = cmd.config_value("bhyvesim.acpi_delay")
+    if value is None:
+        return guest.ACPI_DELAY
+    if value == "never":
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        return guest.ACPI_DELAY
 
 
 def _why(e: OSError) -> str:

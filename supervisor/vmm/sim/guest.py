@@ -111,10 +111,13 @@ class Guest:
     Args:
         name: the VM name.
         boot: which boot of this VM this is (1 for the first).
+        acpi_delay: seconds from the banner until ACPI is enabled; ``None`` for a guest
+            that never enables it (a boot loader, a non-ACPI OS).
     """
 
-    def __init__(self, name: str, boot: int) -> None:
+    def __init__(self, name: str, boot: int, *, acpi_delay: float | None = ACPI_DELAY) -> None:
         self.name = name
+        self.acpi_delay = acpi_delay
         self.boot_number = boot
         self.acpi_enabled = False
         self.obey_acpi = True
@@ -134,11 +137,13 @@ class Guest:
 
     def boot(self) -> list[Action]:
         """The guest starts."""
-        return [
+        actions: list[Action] = [
             WriteMemory(SIGNATURE_GPA, self.signature),
             Output(_line(f"BHYVESIM guest {self.name} boot {self.boot_number}") + self.prompt),
-            StartTimer(ACPI_DELAY, "acpi"),
         ]
+        if self.acpi_delay is not None:
+            actions.append(StartTimer(self.acpi_delay, "acpi"))
+        return actions
 
     def on_timer(self, token: str) -> list[Action]:
         """A timer the guest started has expired."""
