@@ -633,6 +633,9 @@ def main(root: str, argv: Sequence[str]) -> int:
     """Entry point of the installed ``/usr/sbin/bhyve`` of the simulated host at *root*."""
     procs.register(root)
     bhyve = _Bhyve(root, argv)
+    # A status left by an earlier process that had this pid must not be read as ours.
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(_status_path(bhyve.host, os.getpid()))
     status = bhyve.start()
     write_status(bhyve.host, f"exit {status}")
     procs.unregister(root)

@@ -330,3 +330,37 @@ def test_kernel_state_is_shared_with_bhyvectl(sim: Host) -> None:
     vm = Kernel(sim.root, load_hardware(sim.root)).get("vm1")
     assert vm.pid == proc.pid
     assert vm.active == [0, 1]
+
+
+def test_capability_listings(sim: Host) -> None:
+    devices = subprocess.run(
+        [sim.tool("bhyve"), "-s", "help"], capture_output=True, text=True, timeout=30, check=False
+    )
+    assert devices.returncode == 0
+    assert "virtio-blk" in devices.stdout.split()
+    lpc = subprocess.run(
+        [sim.tool("bhyve"), "-l", "help"], capture_output=True, text=True, timeout=30, check=False
+    )
+    assert lpc.returncode == 0
+    assert "bootrom" in lpc.stdout.split()
+
+
+def test_running_guest_memory_map_and_rtc(sim: Host) -> None:
+    boot(sim, "vm1", "-S", memory="2G")
+    out = ctl(sim, "--vm=vm1", "--get-memseg", "--get-memmap", "--get-rtc-time")
+    assert out.startswith(
+        "ID  Length      Name\n"
+        "0   2048MB      sysmem\n"
+        "8   16384kB     bootrom\n"
+        "Address     Length      Segment     Offset      Prot  Flags\n"
+        "0           2048MB      sysmem      0           RWX   \0wired\n"
+        "FFE00000    2048kB      bootrom     E00000      R-X   \n"
+        "rtc time 0x"
+    )
+    assert not out.startswith("rtc time 0:", out.index("rtc time"))
+
+
+def test_bootrom_segment_id_on_14(sim_root: str) -> None:
+    host = install(sim_root, freebsd="14.3")
+    boot(host, "vm1")
+    assert "1   16384kB     bootrom\n" in ctl(host, "--vm=vm1", "--get-memseg")
