@@ -364,3 +364,15 @@ def test_bootrom_segment_id_on_14(sim_root: str) -> None:
     host = install(sim_root, freebsd="14.3")
     boot(host, "vm1")
     assert "1   16384kB     bootrom\n" in ctl(host, "--vm=vm1", "--get-memseg")
+
+
+def test_ahci_ports_get_their_own_block_threads(sim: Host, tmp_path: object) -> None:
+    disk = os.path.join(str(tmp_path), "sata.img")
+    with open(disk, "wb") as f:
+        f.truncate(1 << 20)
+    proc, _ = boot(sim, "vm1", "-s", f"4,ahci-hd,{disk}")
+    names = set()
+    for tid in os.listdir(f"/proc/{proc.pid}/task"):
+        with open(f"/proc/{proc.pid}/task/{tid}/comm", encoding="ascii") as f:
+            names.add(f.read().strip())
+    assert {f"blk-4:0:0-{n}" for n in range(8)} <= names
