@@ -53,7 +53,7 @@ LOG_DIR = "/var/log/bhyvesupd"
 FIRMWARE_DIR = "/usr/local/share/uefi-firmware"
 
 #: The system trees a simulated host keeps under its own root.
-SYSTEM_TREES: tuple[str, ...] = ("/dev", "/var", "/usr", "/etc", "/boot")
+SYSTEM_TREES: tuple[str, ...] = ("/dev", "/var", "/usr", "/etc", "/boot", "/sbin", "/bin")
 
 
 @attrs.frozen

@@ -35,3 +35,12 @@ def test_error_codes_are_unique_and_carry_detail() -> None:
     assert ERRORS_BY_CODE[GuestNotFoundError.code] is GuestNotFoundError
     err = HostToolError("bhyvectl failed", argv=["bhyvectl", "--vm=x"], status=1, stderr="e")
     assert err.to_data()["detail"]["status"] == 1
+
+
+def test_every_host_tool_of_a_rooted_host_lives_under_its_root() -> None:
+    # A simulated host must never resolve a tool to the machine's own /sbin or /bin.
+    from supervisor.host import TOOL_PATHS
+
+    host = Host(root="/srv/sim")
+    for name in TOOL_PATHS:
+        assert host.tool(name).startswith("/srv/sim/"), name
