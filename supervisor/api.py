@@ -9,7 +9,6 @@ read-only group; everything that changes something needs read-write access.
 from __future__ import annotations
 
 import base64
-import grp
 import socket as _socket
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
@@ -42,33 +41,6 @@ def guest_info(guest: Guest) -> dict[str, Any]:
         persistent=True,
     )
     return info
-
-
-def authorizer(rw_group: str, ro_group: str) -> Any:
-    """Access by peer credentials: root and *rw_group* read-write, *ro_group* read-only."""
-
-    def gid(name: str) -> int | None:
-        if not name:
-            return None
-        try:
-            return grp.getgrnam(name).gr_gid
-        except KeyError:
-            return None
-
-    rw_gid, ro_gid = gid(rw_group), gid(ro_group)
-
-    def authorize(creds: Any) -> str | None:
-        uid = getattr(creds, "uid", None)
-        if uid == 0:
-            return "rw"
-        groups = {getattr(creds, "gid", None), *getattr(creds, "groups", ())}
-        if rw_gid is not None and rw_gid in groups:
-            return "rw"
-        if ro_gid is not None and ro_gid in groups:
-            return "ro"
-        return None
-
-    return authorize
 
 
 def build_registry(daemon: Daemon) -> Registry:

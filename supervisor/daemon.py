@@ -351,7 +351,7 @@ class Daemon:
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Run until :attr:`stopping` is set; then stop (and maybe shut guests down)."""
         from supervisor import api  # the method table needs a Daemon to bind to
-        from supervisor.rpc.server import serve_unix
+        from supervisor.rpc.server import group_policy, serve_unix
 
         _make_dirs(self.host, self.config)
         async with trio.open_nursery() as nursery:
@@ -367,7 +367,9 @@ class Daemon:
                 lambda task_status: serve_unix(
                     self.host.path(d.socket),
                     registry,
-                    authorize=api.authorizer(d.socket_group, d.readonly_group),
+                    authorize=group_policy(
+                        rw_groups=_gids(d.socket_group), ro_groups=_gids(d.readonly_group)
+                    ),
                     mode=self.config.socket_mode,
                     group=group_id(d.socket_group),
                     task_status=task_status,
@@ -394,25 +396,34 @@ class Daemon:
 async def probe_caps(host: Host) -> capsmod.Capabilities:
     """libvirt's capability probe, run against this host's bhyve (and grub-bhyve)."""
 
-    async def out(argv: list[str], stream: str) -> str:
+    outputs: dict[str, str | None] = {}
+    for arg, (argv, stream) in capsmod.PROBES.items():
+        if not os.path.exists(host.path(argv[0])):
+            outputs[arg] = None  # grub-bhyve is optional
+            continue
         try:
-            r = await run_tool(host, argv, timeout=10.0)
+            r = await run_tool(host, list(argv), timeout=10.0)
         except SupervisorError:
-            return ""
-        return r.stderr if stream == "stderr" else r.stdout
-
-    help_text = await out(["bhyve", "-h"], "stderr")
-    s_help = await out(["bhyve", "-s", "help"], "stdout")
-    bootrom = await out(["bhyve", "-l", "bootrom"], "stderr")
-    fbuf = await out(["bhyve", "-s", "0,fbuf,password="], "stderr")
-    grub: str | None = None
-    if os.path.exists(host.tool("grub-bhyve")):
-        r = await run_tool(host, ["grub-bhyve", "--help"], timeout=10.0)
-        grub = r.stdout + r.stderr
+            outputs[arg] = ""
+            continue
+        outputs[arg] = r.stderr if stream == "stderr" else r.stdout
+    help_text = outputs.get("help_text") or ""
+    s_help = outputs.get("s_help_text") or ""
     if not help_text and not s_help:
         log.warning("bhyve_probe_failed", using="defaults")
         return capsmod.DEFAULT
-    return capsmod.caps_from_probe(help_text, s_help, bootrom, fbuf, grub)
+    return capsmod.caps_from_probe(
+        help_text,
+        s_help,
+        outputs.get("bootrom_text") or "",
+        outputs.get("fbuf_password_text") or "",
+        outputs.get("grub_help_text"),
+    )
+
+
+def _gids(group: str) -> tuple[int, ...]:
+    gid = group_id(group)
+    return () if gid is None else (gid,)
 
 
 def _make_dirs(host: Host, config: Config) -> None:

@@ -13,6 +13,7 @@ from collections.abc import Callable
 
 import attrs
 
+from supervisor._fsutil import write_atomic
 from supervisor.domain.model import Domain
 from supervisor.errors import SupervisorError
 from supervisor.host import Host
@@ -86,29 +87,8 @@ class DefinitionStore:
 
     def save(self, domain: Domain) -> str:
         """Write *domain*'s definition atomically; returns the local path."""
-        os.makedirs(self.local_dir, exist_ok=True)
         path = self.path_of(domain.name)
-        data = self.format(domain).encode("utf-8")
-        tmp = f"{path}.tmp.{os.getpid()}"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        try:
-            try:
-                os.write(fd, data)
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            os.replace(tmp, path)
-        except BaseException:
-            try:
-                os.unlink(tmp)
-            except FileNotFoundError:
-                pass
-            raise
-        dirfd = os.open(self.local_dir, os.O_RDONLY)
-        try:
-            os.fsync(dirfd)
-        finally:
-            os.close(dirfd)
+        write_atomic(path, self.format(domain).encode("utf-8"), mode=0o600)
         return path
 
     def remove(self, name: str) -> None:

@@ -44,6 +44,7 @@ import attrs
 import structlog
 import trio
 
+from supervisor._fsutil import write_atomic
 from supervisor.actors import lifecycle as lc
 from supervisor.actors.console import Console, ConsoleLog
 from supervisor.errors import GuestBusyError, InvalidStateError, SupervisorError
@@ -399,7 +400,7 @@ class GuestActor:
                 assert self._nursery is not None
                 self._nursery.start_soon(self._pump_console)
             if plan.device_map is not None and plan.device_map_path is not None:
-                _write_atomic(self.host.path(plan.device_map_path), plan.device_map.encode())
+                write_atomic(self.host.path(plan.device_map_path), plan.device_map.encode())
             if plan.loader is not None:
                 status = await self._run_loader(plan.loader)
                 if status.code != 0:
@@ -494,14 +495,14 @@ class GuestActor:
     # -- runtime files --------------------------------------------------------------------------
 
     def _write_pid(self, pid: int) -> None:
-        _write_atomic(self.host.path(self.paths.pid_file(self.name)), f"{pid}\n".encode())
+        write_atomic(self.host.path(self.paths.pid_file(self.name)), f"{pid}\n".encode())
         self._write_status()
 
     def _write_status(self) -> None:
         info = self.info()
         info["written_at"] = time.time()
         try:
-            _write_atomic(
+            write_atomic(
                 self.host.path(self.paths.status_file(self.name)),
                 json.dumps(info, sort_keys=True).encode() + b"\n",
             )
@@ -514,20 +515,6 @@ def _loader_status(status: lc.ExitStatus) -> str:
     if status.code is not None:
         return f"exit status {status.code}"
     return status.describe()
-
-
-def _write_atomic(path: str, data: bytes) -> None:
-    """Write *path* so that a reader sees the old or the new content, never a mix."""
-    directory = os.path.dirname(path)
-    os.makedirs(directory, exist_ok=True)
-    tmp = f"{path}.tmp.{os.getpid()}"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-    try:
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
 
 
 def _unlink(path: str) -> None:
