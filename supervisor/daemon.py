@@ -28,7 +28,7 @@ import trio
 from supervisor import __version__
 from supervisor import log as logsetup
 from supervisor.actors import lifecycle as lc
-from supervisor.actors.guest import GuestActor, GuestPaths, LaunchPlan
+from supervisor.actors.guest import GuestActor, GuestPaths, LaunchHook, LaunchPlan
 from supervisor.config import Config, group_id, load_config
 from supervisor.domain.model import Domain
 from supervisor.domain.xml import format_domain_xml, parse_domain_xml
@@ -106,6 +106,9 @@ class Daemon:
         self._nursery: trio.Nursery | None = None
         self.stopping = trio.Event()
         self.stop_guests_on_exit = config.daemon.on_stop == "shutdown"
+        #: Host resources every guest acquires before launch and releases after its
+        #: final stop (see :class:`~supervisor.actors.guest.LaunchHook`).
+        self.launch_hooks: list[LaunchHook] = []
 
     # -- guests ---------------------------------------------------------------------------
 
@@ -139,6 +142,7 @@ class Daemon:
             device_map_path=map_path if commands.device_map is not None else None,
             console=consoles[0][2] if consoles else None,
             sockets=tuple(ch.path for ch in domain.channels),
+            domain=domain,
         )
 
     def _make_actor(self, domain: Domain) -> GuestActor:
@@ -157,6 +161,7 @@ class Daemon:
             console_ring=g.console_ring,
             console_log_max=g.console_log_max,
             console_log_keep=g.console_log_keep,
+            hooks=self.launch_hooks,
         )
 
     async def _add(self, domain: Domain) -> Guest:

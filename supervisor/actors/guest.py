@@ -37,8 +37,8 @@ import os
 import signal
 import subprocess
 import time
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any, Protocol
 
 import attrs
 import structlog
@@ -52,6 +52,9 @@ from supervisor.events import EventBus
 from supervisor.host import Host
 from supervisor.log import get_logger
 from supervisor.vmm.hostexec import resolve_argv, run_tool, tool_env
+
+if TYPE_CHECKING:
+    from supervisor.domain.model import Domain
 
 log = get_logger("bhyvesupd.guest")
 
@@ -71,6 +74,23 @@ class LaunchPlan:
     console: str | None = None
     #: Unix socket paths bhyve creates and never removes (virtio-console ports).
     sockets: tuple[str, ...] = ()
+    #: The definition the plan was made from (for launch hooks).
+    domain: Domain | None = None
+
+
+class LaunchHook(Protocol):
+    """Host resources a guest needs while it runs (taps, passthrough devices, ...).
+
+    ``before_launch`` runs before every launch, after a leftover VM is destroyed and
+    before the loader; it must be idempotent (a reboot launches again with the resources
+    still held). Raising :class:`~supervisor.errors.SupervisorError` fails the launch with
+    that message. ``after_stop`` runs once the guest is finally down (shut off, crashed or
+    fatal), after ``bhyvectl --destroy``, in reverse hook order; its errors are logged.
+    """
+
+    async def before_launch(self, name: str, plan: LaunchPlan) -> None: ...
+
+    async def after_stop(self, name: str, plan: LaunchPlan) -> None: ...
 
 
 @attrs.frozen
@@ -113,6 +133,7 @@ class GuestActor:
         bus: where state changes are published.
         console_path: the B side of com1, or None.
         mailbox_size: requests that may wait before callers get "busy".
+        hooks: host resources acquired before each launch, released after the final stop.
     """
 
     def __init__(
@@ -129,12 +150,14 @@ class GuestActor:
         console_ring: int = 256 * 1024,
         console_log_max: int = 1 << 20,
         console_log_keep: int = 3,
+        hooks: Sequence[LaunchHook] = (),
     ) -> None:
         self.name = name
         self.host = host
         self.paths = paths
         self.bus = bus
         self.plan_factory = plan_factory
+        self.hooks = tuple(hooks)
         self.machine = lc.Lifecycle(policy=policy)
         self.console: Console | None = None
         if console_path is not None:
@@ -393,6 +416,14 @@ class GuestActor:
         try:
             if destroy_first:
                 await self._destroy_vm()
+            for hook in self.hooks:
+                try:
+                    await hook.before_launch(self.name, plan)
+                except SupervisorError as exc:
+                    self._launch_scope = None
+                    self.last_error = str(exc)
+                    self._apply(lc.LaunchFailed(reason=str(exc)))
+                    return None
             if self.console is not None and not self.console.is_open:
                 await self.console.open()
             if self.console is not None and not self._console_running:
@@ -488,6 +519,12 @@ class GuestActor:
                 _unlink(self.host.path(plan.device_map_path))
         _unlink(self.host.path(self.paths.pid_file(self.name)))
         final = self.machine.state in (lc.State.SHUTOFF, lc.State.CRASHED, lc.State.FATAL)
+        if final and plan is not None:
+            for hook in reversed(self.hooks):
+                try:
+                    await hook.after_stop(self.name, plan)
+                except Exception as exc:
+                    self._log.warning("release_failed", hook=type(hook).__name__, error=str(exc))
         if final and self.console is not None and self.console.is_open:
             await self.console.aclose()
         self._write_status()

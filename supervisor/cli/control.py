@@ -44,10 +44,16 @@ __all__ = [
     "EXIT_OK",
     "EXIT_USAGE",
     "add_global_options",
+    "add_names",
+    "connect",
+    "error",
     "exit_status_for",
+    "out",
+    "positive_seconds",
     "register",
     "run",
     "socket_path",
+    "verb",
 ]
 
 DEFAULT_SOCKET: Final = SOCKET_PATH
@@ -417,7 +423,8 @@ def add_global_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _positive(text: str) -> float:
+def positive_seconds(text: str) -> float:
+    """argparse type: a non-negative number of seconds."""
     try:
         value = float(text)
     except ValueError:
@@ -427,7 +434,7 @@ def _positive(text: str) -> float:
     return value
 
 
-def _verb(
+def verb(
     sub: Any,
     name: str,
     handler: Handler,
@@ -436,6 +443,11 @@ def _verb(
     aliases: Sequence[str] = (),
     follows: bool = False,
 ) -> argparse.ArgumentParser:
+    """Add one daemon verb: its parser runs *handler* through :func:`run`.
+
+    Other verb modules use this too, so every daemon verb gets the same error handling
+    and exit statuses.
+    """
     parser: argparse.ArgumentParser = sub.add_parser(
         name, aliases=list(aliases), help=help, description=help
     )
@@ -443,7 +455,8 @@ def _verb(
     return parser
 
 
-def _names(parser: argparse.ArgumentParser) -> None:
+def add_names(parser: argparse.ArgumentParser) -> None:
+    """The ``NAME...|all`` positional of verbs that act on several guests."""
     parser.add_argument("names", nargs="+", metavar="NAME", help="guests, or 'all'")
 
 
@@ -453,84 +466,86 @@ def register(sub: Any) -> None:
     Each verb's parser sets ``control_handler``; the front calls :func:`run` with the
     parsed namespace.
     """
-    p = _verb(sub, "status", cmd_status, "show guests' states", aliases=["list"])
+    p = verb(sub, "status", cmd_status, "show guests' states", aliases=["list"])
     p.add_argument("names", nargs="*", metavar="NAME", help="guests (default: all)")
     p.add_argument("--json", action="store_true", help="print the daemon's answer as JSON")
     p.add_argument("-H", dest="scripted", action="store_true", help="no header, tab-separated")
     p.add_argument("-p", dest="exact", action="store_true", help="exact numbers (seconds)")
     p.add_argument("-o", dest="columns", metavar="COLS", help="columns, e.g. name,state")
 
-    p = _verb(sub, "start", cmd_start, "start guests")
-    _names(p)
+    p = verb(sub, "start", cmd_start, "start guests")
+    add_names(p)
     p.add_argument(
         "--timeout",
-        type=_positive,
+        type=positive_seconds,
         default=30.0,
         metavar="S",
         help="how long to wait for the guest to leave 'starting' (default 30)",
     )
     p.add_argument("--no-wait", action="store_true", help="return once the start is under way")
 
-    p = _verb(sub, "shutdown", cmd_shutdown, "ask guests to power off (ACPI)", aliases=["stop"])
-    _names(p)
+    p = verb(sub, "shutdown", cmd_shutdown, "ask guests to power off (ACPI)", aliases=["stop"])
+    add_names(p)
     p.add_argument(
         "--timeout",
-        type=_positive,
+        type=positive_seconds,
         default=None,
         metavar="S",
         help="seconds before the guest is forced off (default: its stop_timeout)",
     )
     p.add_argument("--wait", action="store_true", help="return when the guest is off")
 
-    p = _verb(sub, "restart", cmd_restart, "shut guests down (waiting), then start them")
-    _names(p)
-    p.add_argument("--timeout", type=_positive, default=None, metavar="S", help="shutdown timeout")
+    p = verb(sub, "restart", cmd_restart, "shut guests down (waiting), then start them")
+    add_names(p)
+    p.add_argument(
+        "--timeout", type=positive_seconds, default=None, metavar="S", help="shutdown timeout"
+    )
 
-    for verb, method, done, aliases, text in (
+    for verb_name, method, done, aliases, text in (
         ("reboot", "domain.reboot", "reboot requested", (), "ask guests to reboot"),
         ("reset", "domain.reset", "reset", (), "reset guests at once (no guest shutdown)"),
         ("destroy", "domain.destroy", "destroyed", ("poweroff",), "power guests off at once"),
         ("clear", "domain.clear", "cleared", (), "leave crashed/fatal and forget crashes"),
     ):
-        _names(_verb(sub, verb, _simple(method, done), text, aliases=aliases))
+        add_names(verb(sub, verb_name, _simple(method, done), text, aliases=aliases))
 
-    p = _verb(sub, "define", cmd_define, "define (or redefine) a guest from domain XML")
+    p = verb(sub, "define", cmd_define, "define (or redefine) a guest from domain XML")
     p.add_argument("file", metavar="FILE", help="domain XML, '-' for standard input")
 
-    p = _verb(sub, "undefine", cmd_undefine, "remove a guest's definition")
+    p = verb(sub, "undefine", cmd_undefine, "remove a guest's definition")
     p.add_argument("name", metavar="NAME")
 
-    p = _verb(sub, "dumpxml", cmd_dumpxml, "print a guest's domain XML")
+    p = verb(sub, "dumpxml", cmd_dumpxml, "print a guest's domain XML")
     p.add_argument("name", metavar="NAME")
 
-    p = _verb(sub, "dominfo", cmd_dominfo, "show everything about one guest")
+    p = verb(sub, "dominfo", cmd_dominfo, "show everything about one guest")
     p.add_argument("name", metavar="NAME")
     p.add_argument("--json", action="store_true", help="print the daemon's answer as JSON")
 
-    p = _verb(sub, "autostart", cmd_autostart, "start a guest when the daemon starts")
+    p = verb(sub, "autostart", cmd_autostart, "start a guest when the daemon starts")
     p.add_argument("name", metavar="NAME")
     p.add_argument("--disable", action="store_true", help="do not start it automatically")
 
-    p = _verb(sub, "console", cmd_console, "attach to a guest's serial console (^] leaves)")
+    p = verb(sub, "console", cmd_console, "attach to a guest's serial console (^] leaves)")
     p.add_argument("name", metavar="NAME")
     p.add_argument(
         "--drain",
-        type=_positive,
+        type=positive_seconds,
         default=1.0,
         metavar="S",
         help="without a terminal: keep printing S seconds after input ends (default 1)",
     )
 
-    p = _verb(sub, "tail", cmd_tail, "print a guest's recent console output", follows=True)
+    p = verb(sub, "tail", cmd_tail, "print a guest's recent console output", follows=True)
     p.add_argument("name", metavar="NAME")
     p.add_argument("-n", dest="bytes", type=int, default=None, metavar="BYTES", help="last BYTES")
     p.add_argument("-f", dest="follow", action="store_true", help="keep printing new output")
 
-    p = _verb(sub, "events", cmd_events, "follow the daemon's events", follows=True)
+    p = verb(sub, "events", cmd_events, "follow the daemon's events", follows=True)
     p.add_argument("--json", action="store_true", help="one JSON object per line")
 
-    p = _verb(sub, "daemon-status", cmd_daemon_status, "show the daemon's own state")
+    p = verb(sub, "daemon-status", cmd_daemon_status, "show the daemon's own state")
     p.add_argument("--json", action="store_true", help="print the daemon's answer as JSON")
 
-    p = _verb(sub, "reload", cmd_reload, "re-read the guest definitions")
+    p = verb(sub, "reload", cmd_reload, "re-read the guest definitions")
     p.add_argument("--json", action="store_true", help="print the daemon's answer as JSON")

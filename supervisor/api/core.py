@@ -1,4 +1,4 @@
-"""The daemon's JSON-RPC method table.
+"""The core JSON-RPC methods: connection, guest lifecycle, console, events, daemon.
 
 Method names are dotted and mirror libvirt's (``virDomainReboot`` → ``domain.reboot``).
 Every handler is a thin adapter: it finds the guest, turns the call into a lifecycle
@@ -43,9 +43,8 @@ def guest_info(guest: Guest) -> dict[str, Any]:
     return info
 
 
-def build_registry(daemon: Daemon) -> Registry:
-    """The method table, bound to *daemon*."""
-    reg = Registry()
+def register(reg: Registry, daemon: Daemon) -> None:
+    """Add the core methods, bound to *daemon*, to *reg*."""
     method = reg.method
 
     async def _request(guest: Guest, event: lc.Event) -> None:
@@ -319,5 +318,3 @@ def build_registry(daemon: Daemon) -> Registry:
     async def reload(ctx: CallContext) -> dict[str, list[str]]:
         """Re-read the definitions and apply what changed; running guests are untouched."""
         return await daemon.reload()
-
-    return reg
