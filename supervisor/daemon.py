@@ -45,6 +45,7 @@ from supervisor.store import DefinitionStore
 from supervisor.vmm import caps as capsmod
 from supervisor.vmm.argv import build_commands
 from supervisor.vmm.hostexec import run_tool
+from supervisor.vmm.nvram import NvramHook
 
 log = logsetup.get_logger("bhyvesupd")
 
@@ -108,7 +109,7 @@ class Daemon:
         self.stop_guests_on_exit = config.daemon.on_stop == "shutdown"
         #: Host resources every guest acquires before launch and releases after its
         #: final stop (see :class:`~supervisor.actors.guest.LaunchHook`).
-        self.launch_hooks: list[LaunchHook] = []
+        self.launch_hooks: list[LaunchHook] = [NvramHook(host, config.guests.firmware_dir)]
 
     # -- guests ---------------------------------------------------------------------------
 
@@ -133,7 +134,7 @@ class Daemon:
     def _plan(self, name: str) -> LaunchPlan:
         domain = self.guests[name].domain
         map_path = f"{self.paths.run_dir}/{name}.device.map"
-        commands = build_commands(domain, self.caps, device_map_path=map_path)
+        commands = build_commands(domain, self.caps, device_map_path=map_path, loader_console=True)
         consoles = domain.console_paths()
         return LaunchPlan(
             loader=commands.loader,

@@ -15,6 +15,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -31,14 +32,22 @@ def guest_xml(
     on_crash: str = "destroy",
     policy: str = "",
     vcpus: int = 1,
+    bhyveload: bool = False,
 ) -> str:
+    """A guest with one disk and an nmdm console; UEFI unless *bhyveload*."""
+    loader = (
+        ""
+        if bhyveload
+        else "<loader readonly='yes' type='pflash'>"
+        "/usr/local/share/uefi-firmware/BHYVE_UEFI.fd</loader>"
+    )
     return f"""<domain type='bhyve'>
   <name>{name}</name>
   <memory unit='MiB'>128</memory>
   <vcpu>{vcpus}</vcpu>
   <os>
     <type>hvm</type>
-    <loader readonly='yes' type='pflash'>/usr/local/share/uefi-firmware/BHYVE_UEFI.fd</loader>
+    {loader}
   </os>
   <on_crash>{on_crash}</on_crash>
   <metadata>
@@ -119,12 +128,13 @@ class Sim:
         return self.root / "dev/vmm" / name
 
 
-@pytest.fixture
-def sim(tmp_path: Path) -> Iterator[Sim]:
+@contextmanager
+def running_daemon(tmp_path: Path, *extra: str) -> Iterator[Sim]:
+    """bhyvesupd on a new simulated host under *tmp_path*, stopped (SIGTERM) at the end."""
     root = tmp_path / "host"
     log = open(tmp_path / "daemon.out", "wb")  # noqa: SIM115
     proc = subprocess.Popen(
-        [sys.executable, "-m", "supervisor.daemon", "--sim", str(root), "--no-examples"],
+        [sys.executable, "-m", "supervisor.daemon", "--sim", str(root), *extra],
         stdout=log,
         stderr=subprocess.STDOUT,
     )
@@ -139,7 +149,8 @@ def sim(tmp_path: Path) -> Iterator[Sim]:
             time.sleep(0.05)
         yield s
     finally:
-        proc.send_signal(signal.SIGTERM)
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
         try:
             proc.wait(timeout=60)
         except subprocess.TimeoutExpired:
@@ -148,6 +159,12 @@ def sim(tmp_path: Path) -> Iterator[Sim]:
         from supervisor.vmm.sim import teardown
 
         teardown(str(root))
+
+
+@pytest.fixture
+def sim(tmp_path: Path) -> Iterator[Sim]:
+    with running_daemon(tmp_path, "--no-examples") as s:
+        yield s
 
 
 def test_connect_calls_answer(sim: Sim) -> None:
@@ -287,3 +304,19 @@ def test_errors_name_the_problem(sim: Sim) -> None:
     # The daemon is still fine.
     assert sim.call("connect.get_type") == "BHYVE"
     assert socket.gethostname()
+
+
+def test_bhyveload_guest_runs_its_loader_at_every_boot(sim: Sim) -> None:
+    sim.define("bsd", bhyveload=True)
+    info = sim.call("domain.start", name="bsd")
+    assert info["state"] == "running", info
+    sim.wait_console("bsd", r"bsd# ")
+    sim.type("bsd", "reboot")
+    sim.wait_for("second boot", lambda: sim.info("bsd")["boot_count"] == 2)
+    sim.wait_state("bsd", "running")
+    sim.wait_console("bsd", r"boot 2[\s\S]*bsd# ")
+    # bhyveload ran again before the second bhyve: a reboot re-reads the kernel.
+    log = (sim.root / "var/log/bhyvesupd/bsd.bhyve.log").read_text()
+    runs = re.findall(r"^--- \S+ (\S+)", log, flags=re.M)
+    assert [os.path.basename(r) for r in runs] == ["bhyveload", "bhyve"] * 2, log
+    assert sim.console_text("bsd").count("BHYVESIM loader for bsd") == 2

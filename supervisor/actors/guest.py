@@ -457,6 +457,7 @@ class GuestActor:
     async def _run_loader(self, argv: tuple[str, ...]) -> lc.ExitStatus:
         out = self._output_file()
         try:
+            _log_header(out, argv)
             self._log.info("loader_started", argv=list(argv))
             proc = await trio.run_process(
                 resolve_argv(self.host, argv),
@@ -474,7 +475,7 @@ class GuestActor:
     async def _spawn(self, argv: tuple[str, ...]) -> trio.Process:
         out = self._output_file()
         try:
-            os.write(out, f"--- {time.strftime('%Y-%m-%dT%H:%M:%S')} {' '.join(argv)}\n".encode())
+            _log_header(out, argv)
             return await trio.lowlevel.open_process(
                 resolve_argv(self.host, argv),
                 stdin=subprocess.DEVNULL,
@@ -545,6 +546,11 @@ class GuestActor:
             )
         except OSError as exc:
             self._log.warning("status_write_failed", error=exc.strerror)
+
+
+def _log_header(fd: int, argv: tuple[str, ...]) -> None:
+    # One line per program run, so NAME.bhyve.log tells which run printed what.
+    os.write(fd, f"--- {time.strftime('%Y-%m-%dT%H:%M:%S')} {' '.join(argv)}\n".encode())
 
 
 def _loader_status(status: lc.ExitStatus) -> str:
