@@ -52,6 +52,10 @@ log = logsetup.get_logger("bhyvesupd")
 EXAMPLES_DIR = Path(__file__).resolve().parent.parent / "etc" / "examples"
 
 
+#: How long autostart waits for a dependency to be ready before starting anyway.
+DEPENDENCY_WAIT = 120.0
+
+
 def policy_of(domain: Domain) -> lc.Policy:
     """The lifecycle policy a definition asks for (libvirt's actions + our metadata)."""
     p = domain.policy
@@ -163,6 +167,7 @@ class Daemon:
             console_log_max=g.console_log_max,
             console_log_keep=g.console_log_keep,
             hooks=self.launch_hooks,
+            ready_regex=domain.policy.ready_console_regex,
         )
 
     async def _add(self, domain: Domain) -> Guest:
@@ -170,11 +175,11 @@ class Daemon:
         guest = Guest(domain, self._make_actor(domain))
         self.guests[domain.name] = guest
 
-        async def run_actor() -> None:
+        async def run_actor(task_status: trio.TaskStatus[None]) -> None:
             with guest.cancel:
-                await guest.actor.run()
+                await guest.actor.run(task_status=task_status)
 
-        self._nursery.start_soon(run_actor)
+        await self._nursery.start(run_actor)
         return guest
 
     async def define(self, xml: str | bytes) -> Guest:
@@ -204,6 +209,7 @@ class Daemon:
         if existing is not None:
             existing.domain = domain
             existing.actor.machine.set_policy(policy_of(domain))
+            existing.actor.ready_regex = domain.policy.ready_console_regex
             self.bus.publish("guest.defined", name=domain.name, replaced=True)
             return existing
         guest = await self._add(domain)
@@ -258,6 +264,7 @@ class Daemon:
             elif guest.domain != domain:
                 guest.domain = domain
                 guest.actor.machine.set_policy(policy_of(domain))
+                guest.actor.ready_regex = domain.policy.ready_console_regex
                 report["changed"].append(name)
             else:
                 report["unchanged"].append(name)
@@ -296,19 +303,56 @@ class Daemon:
                 if dep_guest is None:
                     log.warning("dependency_missing", guest=guest.domain.name, depends_on=dep)
                     continue
-                state = await dep_guest.actor.wait_until(
-                    lambda s: s is lc.State.RUNNING or not s.active, 60.0
+                if not await dep_guest.actor.wait_ready(DEPENDENCY_WAIT):
+                    blocked = dep
+                    break
+            else:
+                blocked = None
+            if blocked is not None:
+                # Starting it anyway would break what depends_on promises.
+                guest.actor.last_error = f"not autostarted: {blocked} is not ready"
+                log.error(
+                    "autostart_blocked",
+                    guest=guest.domain.name,
+                    depends_on=blocked,
+                    state=self.guests[blocked].actor.state.value,
                 )
-                if state is not lc.State.RUNNING:
-                    log.warning(
-                        "dependency_not_running",
-                        guest=guest.domain.name,
-                        depends_on=dep,
-                        state=state.value,
-                    )
+                continue
             await self._start_quietly(guest)
             if guest.domain.policy.start_delay > 0:
                 await trio.sleep(guest.domain.policy.start_delay)
+
+    async def adopt_all(self) -> dict[str, str]:
+        """Take over the guests an earlier daemon left running, and clean the leftovers
+        of those that are gone (see :meth:`GuestActor.adopt`).
+
+        Returns:
+            Each guest's outcome: ``adopted``, ``exited``, ``cleaned`` or ``none``.
+        """
+        outcomes: dict[str, str] = {}
+        limit = trio.CapacityLimiter(16)
+
+        async def adopt(guest: Guest) -> None:
+            async with limit:
+                try:
+                    outcomes[guest.domain.name] = await guest.actor.adopt()
+                except Exception as exc:
+                    # One guest's trouble must not keep the daemon from starting.
+                    outcomes[guest.domain.name] = "failed"
+                    log.exception("adopt_failed", guest=guest.domain.name, error=str(exc))
+
+        async with trio.open_nursery() as nursery:
+            for guest in self.guests.values():
+                nursery.start_soon(adopt, guest)
+        adopted = sorted(n for n, o in outcomes.items() if o == "adopted")
+        if adopted or any(o != "none" for o in outcomes.values()):
+            log.info(
+                "guests_adopted",
+                adopted=adopted,
+                exited=sorted(n for n, o in outcomes.items() if o == "exited"),
+                cleaned=sorted(n for n, o in outcomes.items() if o == "cleaned"),
+            )
+        return outcomes
 
     async def shutdown_all(self, budget: float) -> None:
         """Shut every running guest down in parallel, forcing what is left at the end of
@@ -367,6 +411,7 @@ class Daemon:
                 log.error("definition_unreadable", path=p.path, error=p.error)
             for domain in domains.values():
                 await self._add(domain)
+            await self.adopt_all()
             registry = api.build_registry(self)
             d = self.config.daemon
             await nursery.start(

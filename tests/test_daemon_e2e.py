@@ -128,34 +128,52 @@ class Sim:
         return self.root / "dev/vmm" / name
 
 
+def spawn_daemon(root: Path, log_path: Path, *extra: str) -> Sim:
+    """Start bhyvesupd on the simulated host at *root*; return once its socket is up."""
+    with open(log_path, "ab") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "supervisor.daemon", "--sim", str(root), *extra],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    s = Sim(root, proc)
+    deadline = time.monotonic() + 30
+    # A socket left by a killed daemon does not count: wait for this one's.
+    while not (os.path.exists(s.socket) and _answers(s)):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            raise AssertionError("daemon did not start:\n" + log_path.read_text())
+        time.sleep(0.05)
+    return s
+
+
+def _answers(s: Sim) -> bool:
+    try:
+        s.call("connect.is_alive")
+    except OSError:
+        return False
+    return True
+
+
+def stop_daemon(s: Sim) -> None:
+    """SIGTERM the daemon (it shuts its guests down) and wait for it."""
+    if s.proc.poll() is None:
+        s.proc.send_signal(signal.SIGTERM)
+    try:
+        s.proc.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        s.proc.kill()
+
+
 @contextmanager
 def running_daemon(tmp_path: Path, *extra: str) -> Iterator[Sim]:
     """bhyvesupd on a new simulated host under *tmp_path*, stopped (SIGTERM) at the end."""
     root = tmp_path / "host"
-    log = open(tmp_path / "daemon.out", "wb")  # noqa: SIM115
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "supervisor.daemon", "--sim", str(root), *extra],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    s = Sim(root, proc)
+    s = spawn_daemon(root, tmp_path / "daemon.out", *extra)
     try:
-        deadline = time.monotonic() + 30
-        while not os.path.exists(s.socket):
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise AssertionError(
-                    "daemon did not start:\n" + (tmp_path / "daemon.out").read_text()
-                )
-            time.sleep(0.05)
         yield s
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
+        stop_daemon(s)
         from supervisor.vmm.sim import teardown
 
         teardown(str(root))

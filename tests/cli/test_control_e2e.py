@@ -48,6 +48,8 @@ def test_example_guests_run_and_answer_on_their_consoles(demo: Sim) -> None:
         timeout=30,
     )
     assert set(status(demo)) == {"freebsd", "uefi"}
+    # uefi depends on freebsd, which has a readiness pattern: it was ready first.
+    assert status(demo)["freebsd"]["ready"] is True
     table = ctl(demo, "status").stdout
     assert table.splitlines()[0].split()[:2] == ["NAME", "STATE"]
     assert any(line.split()[:2] == ["uefi", "running"] for line in table.splitlines())
