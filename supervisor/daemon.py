@@ -355,21 +355,27 @@ class Daemon:
         return outcomes
 
     async def shutdown_all(self, budget: float) -> None:
-        """Shut every running guest down in parallel, forcing what is left at the end of
-        *budget* seconds."""
+        """Shut every running guest down within *budget* seconds, in reverse start order.
+
+        Guests of one ``start_order`` stop together, the highest order first, so a guest
+        is stopped before the ones it was started after (its dependencies). Whatever is
+        still running when the budget is nearly spent is forced off.
+        """
         active = [g for g in self.guests.values() if g.actor.state.active]
         if not active:
             return
         log.info("shutting_down_guests", count=len(active), budget=budget)
-        grace = max(1.0, budget - 10.0)
+        deadline = trio.current_time() + budget
+        # Keep a margin for the forced poweroffs that may follow.
+        force_margin = min(10.0, budget / 4)
 
-        async def stop(guest: Guest) -> None:
+        async def stop(guest: Guest, grace: float) -> None:
             actor = guest.actor
             try:
                 await actor.request(lc.Shutdown(timeout=grace))
             except SupervisorError:
                 pass
-            state = await actor.wait_until(lambda s: not s.active, budget)
+            state = await actor.wait_until(lambda s: not s.active, grace + 1.0)
             if state.active:
                 try:
                     await actor.request(lc.Destroy())
@@ -377,9 +383,15 @@ class Daemon:
                     pass
                 await actor.wait_until(lambda s: not s.active, 5.0)
 
-        async with trio.open_nursery() as nursery:
-            for guest in active:
-                nursery.start_soon(stop, guest)
+        orders = sorted({g.domain.policy.start_order for g in active}, reverse=True)
+        for order in orders:
+            group = [
+                g for g in active if g.domain.policy.start_order == order and g.actor.state.active
+            ]
+            grace = max(1.0, deadline - trio.current_time() - force_margin)
+            async with trio.open_nursery() as nursery:
+                for guest in group:
+                    nursery.start_soon(stop, guest, grace)
 
     def status(self) -> dict[str, Any]:
         states: dict[str, int] = {}

@@ -338,3 +338,31 @@ def test_bhyveload_guest_runs_its_loader_at_every_boot(sim: Sim) -> None:
     runs = re.findall(r"^--- \S+ (\S+)", log, flags=re.M)
     assert [os.path.basename(r) for r in runs] == ["bhyveload", "bhyve"] * 2, log
     assert sim.console_text("bsd").count("BHYVESIM loader for bsd") == 2
+
+
+def test_daemon_stop_shuts_guests_down_in_reverse_start_order(tmp_path: Path) -> None:
+    root = tmp_path / "host"
+    s = spawn_daemon(root, tmp_path / "daemon.out", "--no-examples")
+    try:
+        s.define("db", policy="<bhyvesup:start-order>1</bhyvesup:start-order>")
+        s.define("app", policy="<bhyvesup:start-order>2</bhyvesup:start-order>")
+        for name in ("db", "app"):
+            s.call("domain.start", name=name)
+            s.wait_console(name, rf"{name}# ")
+    finally:
+        stop_daemon(s)  # --sim stops shut the guests down
+        from supervisor.vmm.sim import teardown
+
+        teardown(str(root))
+    import json
+
+    events = [
+        (e["event"], e.get("guest"))
+        for e in map(
+            json.loads, (root / "var/log/bhyvesupd/bhyvesupd.log").read_text().split("\n")[:-1]
+        )
+        if e["event"] in ("bhyve_signalled", "bhyve_exited")
+    ]
+    # app (order 2) is asked and gone before db (order 1) is asked.
+    assert events.index(("bhyve_exited", "app")) < events.index(("bhyve_signalled", "db"))
+    assert ("bhyve_exited", "db") in events
