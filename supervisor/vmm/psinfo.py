@@ -10,7 +10,8 @@ shows one line per thread with ``-H``; the keywords used are
 - ``rss``: resident set size in KiB (process lines only);
 - ``tdname``: the thread name, last because it contains a blank (``vcpu 0``).
 
-Each keyword is written ``kw=`` so that no header line is printed. Times come as
+Each keyword is written ``-o kw=``, one ``-o`` each, so that no header line is printed
+(within one ``-o`` list an item with ``=`` takes the rest of the list as its header). Times come as
 ``MM:SS.hh`` with as many minute digits as needed (``0:00.03``, ``1234:56.78``); the
 decimal point follows the locale, so a comma is accepted too. Older releases and other
 tools print ``H:MM:SS.hh`` or ``D-HH:MM:SS.hh`` for long times; those parse as well.
@@ -39,8 +40,17 @@ __all__ = [
 
 TOOL: Final = "ps"
 
-_THREAD_KEYWORDS: Final = "lwp=,time=,usertime=,systime=,tdname="
-_PROCESS_KEYWORDS: Final = "rss=,time=,usertime=,systime="
+_THREAD_KEYWORDS: Final = ("lwp", "time", "usertime", "systime", "tdname")
+_PROCESS_KEYWORDS: Final = ("rss", "time", "usertime", "systime")
+
+
+def _columns(keywords: tuple[str, ...]) -> list[str]:
+    # One -o per keyword: in an -o list an item with '=' is always the last one (its
+    # header may hold commas), so "-o lwp=,time=" would be one column headed ",time=".
+    out: list[str] = []
+    for kw in keywords:
+        out += ["-o", f"{kw}="]
+    return out
 
 
 def _pid(pid: int) -> str:
@@ -50,13 +60,14 @@ def _pid(pid: int) -> str:
 
 
 def threads_argv(pid: int) -> list[str]:
-    """``ps -H -o lwp=,time=,usertime=,systime=,tdname= -p PID``: one line per thread."""
-    return [TOOL, "-H", "-o", _THREAD_KEYWORDS, "-p", _pid(pid)]
+    """``ps -H -o lwp= -o time= -o usertime= -o systime= -o tdname= -p PID``: one line per
+    thread."""
+    return [TOOL, "-H", *_columns(_THREAD_KEYWORDS), "-p", _pid(pid)]
 
 
 def process_argv(pid: int) -> list[str]:
-    """``ps -o rss=,time=,usertime=,systime= -p PID``: the whole process."""
-    return [TOOL, "-o", _PROCESS_KEYWORDS, "-p", _pid(pid)]
+    """``ps -o rss= -o time= -o usertime= -o systime= -p PID``: the whole process."""
+    return [TOOL, *_columns(_PROCESS_KEYWORDS), "-p", _pid(pid)]
 
 
 _TIME_RE: Final = re.compile(
