@@ -84,7 +84,8 @@ def test_threads_golden() -> None:
     )
     assert threads[6].cpu_time == pytest.approx(3662.5)
     by_vcpu = {psinfo.vcpu_number(t.name): t.tid for t in threads}
-    assert by_vcpu[0] == 100529 and by_vcpu[3] == 100532
+    assert by_vcpu[0] == 100529
+    assert by_vcpu[3] == 100532
     assert psinfo.vcpu_number("mevent") is None
     assert psinfo.vcpu_number("vcpu 12") == 12
     assert psinfo.vcpu_number("vcpu x") is None

@@ -62,7 +62,8 @@ def test_thread_times_parse_back(busy_thread: int) -> None:
     assert BURN - 0.02 <= mine.cpu_time < BURN + 1.0
     status, out, _ = _ps(*psinfo.process_argv(os.getpid())[1:])
     usage = psinfo.parse_process(out)
-    assert status == 0 and usage is not None
+    assert status == 0
+    assert usage is not None
     assert usage.cpu_time >= mine.cpu_time
     assert usage.rss_kib > 1000
 
@@ -73,7 +74,7 @@ def test_headers_and_freebsd_list_rule() -> None:
     assert header.split() == ["PID", "TIME"]
     assert row.split()[0] == str(os.getpid())
     # An item with '=' ends the list: its header takes the rest, commas and all.
-    status, out, _ = _ps("-o", "pid=,time=", "-p", str(os.getpid()))
+    _status, out, _ = _ps("-o", "pid=,time=", "-p", str(os.getpid()))
     assert out.splitlines()[0].strip() == ",time="
     assert out.splitlines()[1].strip() == str(os.getpid())
 
@@ -81,9 +82,11 @@ def test_headers_and_freebsd_list_rule() -> None:
 def test_missing_pid_and_bad_options() -> None:
     assert _ps("-o", "pid=", "-p", "999999999") == (1, "", "")
     status, _, err = _ps("-Z")
-    assert status == 1 and "usage: ps" in err
+    assert status == 1
+    assert "usage: ps" in err
     status, _, err = _ps("-o", "bogus")
-    assert status == 1 and "bogus: keyword not found" in err
+    assert status == 1
+    assert "bogus: keyword not found" in err
 
 
 def test_format_time_is_printtime() -> None:
