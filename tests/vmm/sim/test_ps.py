@@ -70,11 +70,13 @@ def test_thread_times_parse_back(busy_thread: int) -> None:
 
 def test_headers_and_freebsd_list_rule() -> None:
     status, out, _ = _ps("-o", "pid,time", "-p", str(os.getpid()))
+    assert status == 0
     header, row = out.splitlines()
     assert header.split() == ["PID", "TIME"]
     assert row.split()[0] == str(os.getpid())
     # An item with '=' ends the list: its header takes the rest, commas and all.
-    _status, out, _ = _ps("-o", "pid=,time=", "-p", str(os.getpid()))
+    status, out, _ = _ps("-o", "pid=,time=", "-p", str(os.getpid()))
+    assert status == 0
     assert out.splitlines()[0].strip() == ",time="
     assert out.splitlines()[1].strip() == str(os.getpid())
 
