@@ -131,6 +131,18 @@ def test_seed_calls_on_a_running_guest(sim: Sim, tmp_path: Path) -> None:
     text = ctl(sim, "vcpuinfo", "web1").stdout
     assert "CPU Affinity: 2,3" in text
 
+    # Work inside the guest shows on that vCPU's thread, and only there.
+    sim.type("web1", "spin 1 0.3")
+    sim.wait_console("web1", r"vcpu 1 busy for 0.3 s")
+    sim.wait_for(
+        "vcpu 1 to spin",
+        lambda: (
+            sim.call("domain.get_vcpus", name="web1")[1]["cpu_time"] >= vcpus[1]["cpu_time"] + 0.28
+        ),
+    )
+    after = sim.call("domain.get_vcpus", name="web1")
+    assert after[0]["cpu_time"] < vcpus[0]["cpu_time"] + 0.1
+
     # CPU stats: process total >= the vCPUs', and the VM-exit counters by name.
     stats = ctl_json(sim, "cpu-stats", "web1")
     assert stats["pid"] == info["pid"]
