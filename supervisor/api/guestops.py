@@ -344,7 +344,8 @@ def register(reg: Registry, daemon: Daemon) -> None:
         await _bhyvectl(host, bhyvectl.inject_nmi_argv(d.name, vcpu))
         return {"vcpu": vcpu}
 
-    @method("domain.memory_peek", access="ro")
+    # Guest memory may hold secrets: like libvirt, never to a read-only connection.
+    @method("domain.memory_peek", access="rw")
     async def memory_peek(
         ctx: CallContext,
         start: int,

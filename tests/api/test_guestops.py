@@ -41,3 +41,29 @@ def test_localtime_rtc_holds_local_wall_time(host_tz: None) -> None:
 def test_utc_rtc_is_the_epoch(host_tz: None) -> None:
     assert epoch_to_rtc(WINTER, "utc") == WINTER
     assert rtc_to_epoch(SUMMER, "utc") == SUMMER
+
+
+def test_methods_and_who_may_call_them() -> None:
+    from types import SimpleNamespace
+    from typing import Any
+
+    from supervisor.api import guestops
+    from supervisor.rpc.dispatch import Registry
+
+    reg = Registry()
+    daemon: Any = SimpleNamespace(host=None)
+    guestops.register(reg, daemon)
+    access = {name: reg.get(name).access for name in reg.names()}  # type: ignore[union-attr]
+    assert access == {
+        "connect.get_cpu_model_names": "ro",
+        "connect.get_max_vcpus": "ro",
+        "domain.get_cpu_stats": "ro",
+        "domain.get_max_memory": "ro",
+        "domain.get_max_vcpus": "ro",
+        "domain.get_time": "ro",
+        "domain.get_vcpus": "ro",
+        "domain.inject_nmi": "rw",
+        "domain.memory_peek": "rw",  # guest memory may hold secrets
+        "domain.memory_stats": "ro",
+        "domain.set_time": "rw",
+    }
