@@ -71,6 +71,8 @@ def check_range(memmap: Sequence[MemMapEntry], start: int, size: int) -> None:
         raise OutOfRangeError(
             f"size: at most {MAX_PEEK} bytes (1 MiB) per call, got {size}", field="size"
         )
+    if size == 0:
+        return  # read(2) of nothing succeeds wherever the offset is
     limit = ram_end(memmap)
     end = _covered(memmap, limit, start)
     if end is None:

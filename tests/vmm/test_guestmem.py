@@ -6,6 +6,8 @@ import os
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from supervisor.errors import InvalidStateError, OutOfRangeError
 from supervisor.vmm import bhyvectl, guestmem
@@ -104,3 +106,30 @@ def test_read_memory_never_returns_a_short_read(tmp_path: Path) -> None:
     with pytest.raises(guestmem.HostToolError, match="short read"):
         read_memory(str(dev), 90, 20)
     assert os.path.getsize(dev) == 100
+
+
+_maps = st.lists(
+    st.tuples(
+        st.integers(0, 200),
+        st.integers(1, 60),
+        st.sampled_from(["sysmem", "bootrom", "framebuffer"]),
+    ),
+    max_size=5,
+)
+
+
+@given(_maps, st.integers(0, 300), st.integers(0, 80))
+def test_check_range_agrees_with_the_kernel_byte_by_byte(
+    spans: list[tuple[int, int, str]], start: int, size: int
+) -> None:
+    """vmmdev_rw(): a byte reads if a mapping holds it or it lies below the end of RAM."""
+    memmap = [bhyvectl.MemMapEntry(g, n, seg, 0, "RWX") for g, n, seg in spans]
+    limit = ram_end(memmap)
+    readable = all(
+        a < limit or any(m.gpa <= a < m.end for m in memmap) for a in range(start, start + size)
+    )
+    if readable:
+        check_range(memmap, start, size)
+    else:
+        with pytest.raises(OutOfRangeError):
+            check_range(memmap, start, size)
