@@ -16,6 +16,10 @@ Each keyword is written ``-o kw=``, one ``-o`` each, so that no header line is p
 decimal point follows the locale, so a comma is accepted too. Older releases and other
 tools print ``H:MM:SS.hh`` or ``D-HH:MM:SS.hh`` for long times; those parse as well.
 A pid that does not exist makes ps print nothing and exit 1.
+
+The simulated host answers the very same command (its ``ps`` reads Linux ``/proc`` and
+prints FreeBSD's columns), so the supervisor needs no platform switch here: it runs
+FreeBSD's command on both, and the simulator is where Linux is observed.
 """
 
 from __future__ import annotations
