@@ -199,6 +199,20 @@ def test_errors_name_the_field(sim: Sim, tmp_path: Path) -> None:
     assert not (tmp_path / "x.part").exists()
 
     boot(sim, "on", "utc")
+    # A guest that never starts its second vCPU (the AP stays in 15.x's debug set).
+    xml = GUEST.format(name="uni", clock="utc").replace(
+        "</devices>\n</domain>",
+        "</devices>\n  <bhyve:commandline xmlns:bhyve='http://libvirt.org/schemas/domain/bhyve/1.0'>"
+        "<bhyve:arg value='-o'/><bhyve:arg value='bhyvesim.acpi_delay=never'/>"
+        "</bhyve:commandline>\n</domain>",
+    )
+    sim.call("domain.define", xml=xml)
+    sim.call("domain.start", name="uni")
+    sim.wait_console("uni", r"uni# ")
+    assert [v["state"] for v in sim.call("domain.get_vcpus", name="uni")] == [
+        "running",
+        "offline",
+    ]
     ram = 128 << 20
     with pytest.raises(OutOfRangeError) as e:
         sim.call("domain.memory_peek", name="on", start=ram, size=16)

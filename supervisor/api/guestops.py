@@ -234,14 +234,19 @@ def register(reg: Registry, daemon: Daemon) -> None:
         ctx: CallContext, name: str | None = None, uuid: str | None = None
     ) -> list[dict[str, Any]]:
         """Per vCPU: its number, state (``running`` in the active set, ``suspended``,
-        ``offline``), the CPU time of its ``vcpu N`` thread and its host-CPU affinity
-        (the ``-p`` pinning, or null for any host CPU)."""
+        ``offline`` when inactive or an AP the guest has not started), the CPU time of its
+        ``vcpu N`` thread and its host-CPU affinity (the ``-p`` pinning, or null for any
+        host CPU)."""
         g = daemon.lookup(name, uuid)
         pid = running_pid(g)
         d = live_domain(g)
         sets = bhyvectl.parse_cpu_sets(
             await _bhyvectl(host, bhyvectl.vcpu_sets_argv(g.domain.name))
         )
+        # 15.x lists the APs the guest has not started yet (INIT/SIPI) as "debug cpus";
+        # 14.x has no such option (a usage error): there every active vCPU counts as running.
+        r = await run_tool(host, bhyvectl.cpus_argv(g.domain.name, "debug"), timeout=TOOL_TIMEOUT)
+        waiting = bhyvectl.parse_cpu_set(r.stdout) if r.ok and r.stdout.strip() else frozenset()
         threads = await _threads(host, g, pid)
         pins = {p.vcpu: list(p.cpuset) for p in d.vcpu_pins}
         out = []
@@ -249,6 +254,8 @@ def register(reg: Registry, daemon: Daemon) -> None:
             state = "offline"
             if n in sets.get("suspended", frozenset()):
                 state = "suspended"
+            elif n in waiting:
+                state = "offline"  # an AP the guest has not started
             elif n in sets.get("active", frozenset()):
                 state = "running"
             t = threads.get(n)
