@@ -20,6 +20,7 @@ TOOLS: dict[str, str] = {
     "grub-bhyve": "supervisor.vmm.sim.grub",
     "kldstat": "supervisor.vmm.sim.kldstat",
     "sysctl": "supervisor.vmm.sim.sysctl",
+    "ps": "supervisor.vmm.sim.ps",
 }
 
 #: Directories of a FreeBSD host that the supervisor and the tools expect.
