@@ -1,0 +1,63 @@
+"""The sans-IO QMP core and the mapping of QEMU stop reasons onto bhyve's."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from supervisor.vmm.sim import qmp
+from supervisor.vmm.sim.qmp import Event, Greeting, QmpProtocolError, QmpSession, Reply
+
+GREETING = (
+    b'{"QMP": {"version": {"qemu": {"micro": 22, "minor": 2, "major": 7}, "package": ""},'
+    b' "capabilities": ["oob"]}}\r\n'
+)
+
+
+def test_greeting_reply_and_event_split_across_reads() -> None:
+    s = QmpSession()
+    ident, wire = s.command("inject-nmi")
+    assert json.loads(wire) == {"execute": "inject-nmi", "id": ident}
+    assert wire.endswith(b"\n")
+    data = GREETING + b'{"return": {}, "id": %d}\r\n' % ident
+    data += b'{"event": "SHUTDOWN", "data": {"guest": true, "reason": "guest-reset"}}\r\n'
+    out = s.feed(data[:30]) + s.feed(data[30:101]) + s.feed(data[101:])
+    assert out == [
+        Greeting("7.2.22", ("oob",)),
+        Reply(ident, {}),
+        Event("SHUTDOWN", {"guest": True, "reason": "guest-reset"}),
+    ]
+    assert s.greeted
+
+
+def test_each_command_gets_its_own_id_and_errors_are_kept() -> None:
+    s = QmpSession()
+    a, _ = s.command("qmp_capabilities")
+    b, wire = s.command("human-monitor-command", {"command-line": "info"})
+    assert a != b
+    assert json.loads(wire)["arguments"] == {"command-line": "info"}
+    (reply,) = s.feed(b'{"id": %d, "error": {"class": "CommandNotFound", "desc": "no"}}\n' % b)
+    assert isinstance(reply, Reply)
+    assert not reply.ok
+    assert (reply.error_class, reply.error) == ("CommandNotFound", "no")
+
+
+@pytest.mark.parametrize("line", [b"garbage\n", b"[1]\n", b'{"return": 1}\n', b'{"id": 1}\n'])
+def test_what_is_not_qmp_is_refused(line: bytes) -> None:
+    with pytest.raises(QmpProtocolError, match="QMP"):
+        QmpSession().feed(line)
+
+
+@pytest.mark.parametrize(
+    ("reason", "how"),
+    [
+        ("guest-reset", "reset"),
+        ("host-qmp-system-reset", "reset"),
+        ("guest-shutdown", "poweroff"),
+        ("host-qmp-quit", "poweroff"),
+        ("guest-panic", None),
+    ],
+)
+def test_shutdown_reasons_map_onto_bhyve_suspend_reasons(reason: str, how: str | None) -> None:
+    assert qmp.suspend_for(reason) == how
