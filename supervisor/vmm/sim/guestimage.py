@@ -13,7 +13,8 @@ builds it on the machine that runs the tests or the demo:
   button and evdev modules of that kernel (loaded in dependency order), and
   ``qemu-ga`` of ``qemu-guest-agent`` with the shared libraries it links;
 - busybox ``init`` runs ``/etc/rc`` (mounts, modules, ``/dev/virtio-ports`` links,
-  ``acpid`` for the power button, ``qemu-ga``, then the banner) and keeps a shell on
+  ``acpid`` for the power button, the first disk on ``/mnt`` when it has a filesystem,
+  ``qemu-ga``, then the banner) and keeps a shell on
   ``ttyS0``. The power button runs ``poweroff -f``: the kernel's own ACPI power-off.
 
 The image lives in ``$BHYVESUP_GUEST_CACHE`` (default ``~/.cache/bhyvesup/guest-image``)
@@ -69,7 +70,7 @@ MODULES: tuple[str, ...] = (
 #: Printed on ttyS0 once the guest is up; tests and users wait for it.
 BANNER = "bhyvesup real guest ready"
 #: Bumped whenever the initramfs layout changes, so cached images are rebuilt.
-FORMAT = 1
+FORMAT = 2
 CMDLINE = "console=ttyS0,115200 quiet panic=-1 no_timer_check"
 _ENV_CACHE = "BHYVESUP_GUEST_CACHE"
 
@@ -205,6 +206,9 @@ done
 # The ACPI power button arrives as KEY_POWER on an event device; busybox acpid runs
 # /etc/acpi/PWRF/00000080 for it.
 acpid -c /etc/acpi -l /dev/null
+# The first disk, when it holds a filesystem, is the guest's data (for fs_freeze to find).
+mkdir -p /mnt
+mount /dev/vda /mnt 2>/dev/null
 if [ -e /dev/virtio-ports/org.qemu.guest_agent.0 ]; then
     qemu-ga -d -m virtio-serial -p /dev/virtio-ports/org.qemu.guest_agent.0 \\
         -f /run/qemu-ga.pid -l /var/log/qemu-ga.log
