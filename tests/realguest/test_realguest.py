@@ -285,3 +285,27 @@ def test_shutdown_presses_the_power_button_and_the_kernel_powers_off(guest: Real
     text = guest.console()
     assert "power button: powering off" in text
     assert "reboot: Power down" in text
+
+
+def _qemu_pids(guest: RealGuest) -> list[int]:
+    """QEMU processes whose guest RAM is this guest's ``/dev/vmm`` file."""
+    mem = str(guest.root / f"dev/vmm/{NAME}").encode()
+    pids = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/cmdline", "rb") as f:
+                    cmdline = f.read()
+            except OSError:
+                continue
+            if b"qemu-system-x86_64" in cmdline and mem in cmdline:
+                pids.append(int(entry))
+    return pids
+
+
+def test_a_killed_bhyve_takes_its_qemu_with_it(guest: RealGuest) -> None:
+    if guest.info()["state"] != "running":
+        guest.ctl("start", NAME)
+    guest.wait_for("QEMU running", lambda: len(_qemu_pids(guest)) == 1, 30)
+    os.kill(guest.info()["pid"], signal.SIGKILL)
+    guest.wait_for("QEMU gone", lambda: not _qemu_pids(guest), 30)

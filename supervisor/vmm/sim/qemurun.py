@@ -27,15 +27,17 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import errno
 import os
 import select
+import shutil
 import signal
 import socket
 import stat
 import subprocess
 import sys
 import time
+import traceback
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from supervisor.vmm.sim import qmp
@@ -54,6 +56,25 @@ QUIT_GRACE = 5.0
 def _die_with_parent() -> None:
     libc = ctypes.CDLL(None, use_errno=True)
     libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+
+
+def _spawn(argv: Sequence[str], pass_fd: int) -> subprocess.Popen[bytes]:
+    """Start QEMU so that it is killed when this process dies, however that happens.
+
+    util-linux's ``setpriv`` sets the parent-death signal and execs QEMU (same pid);
+    Python code in a forked child of this threaded process (``preexec_fn``) is the
+    fallback only.
+    """
+    setpriv = shutil.which("setpriv")
+    if setpriv is not None:
+        return subprocess.Popen(
+            [setpriv, "--pdeathsig", "KILL", "--", *argv],
+            stdin=subprocess.DEVNULL,
+            pass_fds=(pass_fd,),
+        )
+    return subprocess.Popen(  # pragma: no cover - Debian always has setpriv
+        list(argv), stdin=subprocess.DEVNULL, pass_fds=(pass_fd,), preexec_fn=_die_with_parent
+    )
 
 
 def _tap_exists(name: str) -> bool:
@@ -113,12 +134,7 @@ class _Runner:
             sys.stderr.write(f"bhyve: qemu engine: {note}\n")
         self.release_devices()
         try:
-            self.proc = subprocess.Popen(
-                plan.argv,
-                stdin=subprocess.DEVNULL,
-                pass_fds=(self.child_fd.fileno(),),
-                preexec_fn=_die_with_parent,
-            )
+            self.proc = _spawn(plan.argv, self.child_fd.fileno())
         except OSError as e:
             sys.stderr.write(f"bhyve: qemu engine: cannot run {plan.argv[0]}: {e.strerror}\n")
             b.exit(EXIT_ERROR)
@@ -242,11 +258,9 @@ def run(bhyve: _Bhyve, choice: EngineChoice) -> NoReturn:
     try:
         runner.start()
         runner.loop()
-    except Exception as e:
-        if isinstance(e, OSError) and e.errno == errno.EINTR:
-            raise
-        import traceback
-
+    except Exception:
+        # An engine bug ends this bhyve with bhyve's error status, never with QEMU
+        # left running behind it.
         traceback.print_exc()
         runner.stop_qemu()
         bhyve.exit(EXIT_ERROR)
