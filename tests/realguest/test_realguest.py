@@ -303,9 +303,22 @@ def _qemu_pids(guest: RealGuest) -> list[int]:
     return pids
 
 
-def test_a_killed_bhyve_takes_its_qemu_with_it(guest: RealGuest) -> None:
+def test_a_forced_reset_restarts_and_a_killed_bhyve_takes_its_qemu_with_it(
+    guest: RealGuest,
+) -> None:
     if guest.info()["state"] != "running":
         guest.ctl("start", NAME)
     guest.wait_for("QEMU running", lambda: len(_qemu_pids(guest)) == 1, 30)
+    info = guest.info()
+    # bhyvectl --force-reset: bhyve exits 0 and the actor starts it again.
+    guest.ctl("reset", NAME)
+    guest.wait_for(
+        "the restart after the reset",
+        lambda: guest.info()["boot_count"] == info["boot_count"] + 1,
+        60,
+    )
+    guest.wait_for("running", lambda: guest.info()["state"] == "running", 60)
+    assert guest.info()["last_exit"]["code"] == 0
+    guest.wait_for("one QEMU again", lambda: len(_qemu_pids(guest)) == 1, 30)
     os.kill(guest.info()["pid"], signal.SIGKILL)
     guest.wait_for("QEMU gone", lambda: not _qemu_pids(guest), 30)
