@@ -259,6 +259,23 @@ def test_the_guest_agent_inside_tells_time_and_freezes_the_guests_filesystem(
     assert (frozen, status, thawed, after) == (1, "frozen", 1, "thawed")
 
 
+def test_bhyvectl_reads_the_rtc_the_guest_set(guest: RealGuest) -> None:
+    guest.type("date -u -s '2031-05-06 07:08:09' >/dev/null && hwclock -w -u && echo rtc-$((1+1))")
+    guest.wait_for("the guest's hwclock -w", lambda: "rtc-2" in guest.console(), 60)
+    bhyvectl = guest.root / "usr/sbin/bhyvectl"
+
+    def rtc() -> str:
+        return subprocess.run(
+            [str(bhyvectl), f"--vm={NAME}", "--get-rtc-time"],
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=30,
+        ).stdout
+
+    guest.wait_for("bhyvectl to see 2031", lambda: "May 06 07:08" in rtc() and "2031" in rtc(), 30)
+
+
 def test_reboot_inside_the_guest_restarts_it(guest: RealGuest) -> None:
     info = guest.info()
     boots, pid = info["boot_count"], info["pid"]

@@ -20,7 +20,10 @@ memory, devices, vCPUs). :func:`run` then replaces the scripted guest with QEMU:
    - the doorbell: an NMI request becomes ``inject-nmi``; a suspend request
      (``bhyvectl --force-reset``/``--force-poweroff``) ends QEMU and exits with that
      reason's status; a destroyed VM exits as bhyve does when ``vm_run`` fails;
-   - QEMU ending on its own, without a ``SHUTDOWN``: bhyve's error status 4.
+   - QEMU ending on its own, without a ``SHUTDOWN``: bhyve's error status 4;
+   - every second, QEMU's RTC (``qom-get /machine rtc-time``) is copied into the
+     simulated kernel, so ``bhyvectl --get-rtc-time`` reads the clock the guest set.
+     QEMU cannot be told a new RTC time: ``--set-rtc-time`` holds until the next copy.
 """
 
 from __future__ import annotations
@@ -51,6 +54,8 @@ _PR_SET_PDEATHSIG = 1
 EXIT_ERROR = 4
 #: How long QEMU gets to go after ``quit`` before it is killed.
 QUIT_GRACE = 5.0
+#: How often QEMU's RTC is copied into the simulated kernel (for ``--get-rtc-time``).
+RTC_SYNC = 1.0
 
 
 def _die_with_parent() -> None:
@@ -98,6 +103,8 @@ class _Runner:
         self.proc: subprocess.Popen[bytes] | None = None
         self.pending: dict[int, str] = {}
         self.stopping: str | None = None
+        self.ready = False
+        self.rtc_synced = 0.0
 
     def send(self, name: str, arguments: dict[str, Any] | None = None) -> None:
         ident, data = self.session.command(name, arguments)
@@ -152,7 +159,11 @@ class _Runner:
             poller.register(fd, select.POLLIN)
         self.on_bell(bell)  # a request made before the doorbell existed
         while True:
-            for fd, _events in poller.poll():
+            now = time.monotonic()
+            if self.ready and now - self.rtc_synced >= RTC_SYNC:
+                self.rtc_synced = now
+                self.send("qom-get", {"path": "/machine", "property": "rtc-time"})
+            for fd, _events in poller.poll(int(RTC_SYNC * 1000)):
                 if fd == self.sock.fileno():
                     self.on_qmp()
                 elif fd == bell:
@@ -184,7 +195,13 @@ class _Runner:
         if not reply.ok:
             sys.stderr.write(f"bhyve: qemu engine: {name}: {reply.error}\n")
             return
-        if name == "query-cpus-fast" and isinstance(reply.value, list):
+        if name == "qmp_capabilities":
+            self.ready = True
+        elif name == "qom-get" and isinstance(reply.value, dict):
+            # The guest sets its RTC (hwclock -w) in QEMU; bhyvectl reads the kernel's.
+            with contextlib.suppress(OSError, qmp.QmpProtocolError):
+                self.bhyve.kernel.set_rtc(self.bhyve.name, qmp.rtc_seconds(reply.value))
+        elif name == "query-cpus-fast" and isinstance(reply.value, list):
             cpus = sorted(int(c["cpu-index"]) for c in reply.value if "cpu-index" in c)
             with contextlib.suppress(OSError), self.bhyve.kernel.update(self.bhyve.name) as vm:
                 vm.active = cpus

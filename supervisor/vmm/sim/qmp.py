@@ -22,7 +22,9 @@ maps onto bhyve's suspend reasons (``reset`` exits 0, ``poweroff`` 1).
 
 from __future__ import annotations
 
+import calendar
 import json
+from collections.abc import Mapping
 from typing import Any
 
 import attrs
@@ -82,6 +84,33 @@ SHUTDOWN_SUSPEND: dict[str, str] = {
 def suspend_for(reason: str) -> str | None:
     """The bhyve suspend reason for a ``SHUTDOWN`` event's *reason*, if it maps."""
     return SHUTDOWN_SUSPEND.get(reason)
+
+
+def rtc_seconds(tm: Mapping[str, Any]) -> int:
+    """The RTC reading of ``qom-get /machine rtc-time`` (a ``struct tm``) as seconds.
+
+    The RTC holds a wall time without a zone; the seconds are that wall time counted
+    as if it were UTC, the way bhyve's ``--get-rtc-time`` counts it.
+
+    Raises:
+        QmpProtocolError: a field is missing or not a number.
+    """
+    try:
+        return calendar.timegm(
+            (
+                1900 + int(tm["tm_year"]),
+                1 + int(tm["tm_mon"]),
+                int(tm["tm_mday"]),
+                int(tm["tm_hour"]),
+                int(tm["tm_min"]),
+                int(tm["tm_sec"]),
+                0,
+                0,
+                0,
+            )
+        )
+    except (KeyError, TypeError, ValueError) as e:
+        raise QmpProtocolError(f"QMP: rtc-time: not a struct tm: {dict(tm)!r}") from e
 
 
 class QmpSession:

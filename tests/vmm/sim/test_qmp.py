@@ -61,3 +61,10 @@ def test_what_is_not_qmp_is_refused(line: bytes) -> None:
 )
 def test_shutdown_reasons_map_onto_bhyve_suspend_reasons(reason: str, how: str | None) -> None:
     assert qmp.suspend_for(reason) == how
+
+
+def test_the_rtc_struct_tm_reads_as_seconds_of_wall_time() -> None:
+    tm = {"tm_year": 130, "tm_mon": 0, "tm_mday": 2, "tm_hour": 3, "tm_min": 4, "tm_sec": 5}
+    assert qmp.rtc_seconds(tm) == 1893553445  # 2030-01-02T03:04:05 counted as UTC
+    with pytest.raises(QmpProtocolError, match="rtc-time"):
+        qmp.rtc_seconds({"tm_year": 130})
