@@ -292,8 +292,26 @@ def test_reboot_inside_the_guest_restarts_it(guest: RealGuest) -> None:
     assert "reboot: Restarting system" in guest.console()
 
 
-def test_shutdown_presses_the_power_button_and_the_kernel_powers_off(guest: RealGuest) -> None:
+def test_halt_inside_the_guest_exits_2(guest: RealGuest) -> None:
     guest.wait_for("running", lambda: guest.info()["state"] == "running")
+    guest.wait_for("the shell", lambda: guest.console().rstrip().endswith("guest# \x1b[6n"))
+    guest.type("halt")
+    guest.wait_for("the halt", lambda: guest.info()["state"] != "running", 60)
+    info = guest.info()
+    assert info["last_exit"]["code"] == 2, info
+    assert "reboot: System halted" in guest.console()
+
+
+def _start_to_banner(guest: RealGuest) -> None:
+    if guest.info()["state"] == "running":
+        return
+    banners = guest.count(guestimage.BANNER)
+    guest.ctl("start", NAME)
+    guest.wait_for("the banner", lambda: guest.count(guestimage.BANNER) > banners)
+
+
+def test_shutdown_presses_the_power_button_and_the_kernel_powers_off(guest: RealGuest) -> None:
+    _start_to_banner(guest)
     out = guest.ctl("shutdown", NAME, "--wait", "--timeout", "60")
     assert "shutoff" in out
     info = guest.info()

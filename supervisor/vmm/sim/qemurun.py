@@ -21,6 +21,9 @@ memory, devices, vCPUs). :func:`run` then replaces the scripted guest with QEMU:
      (``bhyvectl --force-reset``/``--force-poweroff``) ends QEMU and exits with that
      reason's status; a destroyed VM exits as bhyve does when ``vm_run`` fails;
    - QEMU ending on its own, without a ``SHUTDOWN``: bhyve's error status 4;
+   - every second, the vCPUs' registers are read (HMP ``info registers -a``): when all
+     are halted with interrupts off, the guest halted for good and bhyve exits 2, as
+     bhyve does when every vCPU executes ``hlt`` with interrupts disabled;
    - every second, QEMU's RTC (``qom-get /machine rtc-time``) is copied into the
      simulated kernel, so ``bhyvectl --get-rtc-time`` reads the clock the guest set.
      QEMU cannot be told a new RTC time: ``--set-rtc-time`` holds until the next copy.
@@ -163,6 +166,7 @@ class _Runner:
             if self.ready and now - self.rtc_synced >= RTC_SYNC:
                 self.rtc_synced = now
                 self.send("qom-get", {"path": "/machine", "property": "rtc-time"})
+                self.send("human-monitor-command", {"command-line": "info registers -a"})
             for fd, _events in poller.poll(int(RTC_SYNC * 1000)):
                 if fd == self.sock.fileno():
                     self.on_qmp()
@@ -201,6 +205,9 @@ class _Runner:
             # The guest sets its RTC (hwclock -w) in QEMU; bhyvectl reads the kernel's.
             with contextlib.suppress(OSError, qmp.QmpProtocolError):
                 self.bhyve.kernel.set_rtc(self.bhyve.name, qmp.rtc_seconds(reply.value))
+        elif name == "human-monitor-command" and isinstance(reply.value, str):
+            if qmp.halted_for_good(reply.value):
+                self.finish("halt")
         elif name == "query-cpus-fast" and isinstance(reply.value, list):
             cpus = sorted(int(c["cpu-index"]) for c in reply.value if "cpu-index" in c)
             with contextlib.suppress(OSError), self.bhyve.kernel.update(self.bhyve.name) as vm:

@@ -113,6 +113,32 @@ def rtc_seconds(tm: Mapping[str, Any]) -> int:
         raise QmpProtocolError(f"QMP: rtc-time: not a struct tm: {dict(tm)!r}") from e
 
 
+_IF = 0x200  # EFLAGS.IF
+
+
+def halted_for_good(info_registers: str) -> bool:
+    """Whether HMP ``info registers -a`` shows every vCPU halted with interrupts off.
+
+    That is bhyve's ``VM_SUSPEND_HALT``: a vCPU that executes ``hlt`` with interrupts
+    disabled can never wake, and when all have, bhyve exits 2. An idle guest halts
+    with interrupts on (``sti; hlt``) and is not halted for good. QEMU raises no event
+    for this, so the runner asks.
+    """
+    cpus = 0
+    for line in info_registers.splitlines():
+        if "HLT=" not in line or "RFL=" not in line:
+            continue
+        fields = dict(f.split("=", 1) for f in line.split() if "=" in f)
+        try:
+            rflags = int(fields["RFL"], 16)
+        except (KeyError, ValueError):
+            return False
+        if fields.get("HLT") != "1" or rflags & _IF:
+            return False
+        cpus += 1
+    return cpus > 0
+
+
 class QmpSession:
     """One QMP conversation, without I/O."""
 

@@ -68,3 +68,16 @@ def test_the_rtc_struct_tm_reads_as_seconds_of_wall_time() -> None:
     assert qmp.rtc_seconds(tm) == 1893553445  # 2030-01-02T03:04:05 counted as UTC
     with pytest.raises(QmpProtocolError, match="rtc-time"):
         qmp.rtc_seconds({"tm_year": 130})
+
+
+IDLE = "CPU#0\nRAX=0\nRIP=ffffffff8580dfeb RFL=00000246 [---Z-P-] CPL=0 II=0 A20=1 SMM=0 HLT=1\n"
+DEAD = "CPU#0\nRIP=ffffffff8580dfeb RFL=00000046 [---Z-P-] CPL=0 II=0 A20=1 SMM=0 HLT=1\n"
+BUSY = "CPU#1\nRIP=ffffffff8580dfeb RFL=00000046 [---Z-P-] CPL=0 II=0 A20=1 SMM=0 HLT=0\n"
+
+
+def test_halted_for_good_needs_every_vcpu_halted_with_interrupts_off() -> None:
+    assert qmp.halted_for_good(DEAD)
+    assert qmp.halted_for_good(DEAD + DEAD.replace("CPU#0", "CPU#1"))
+    assert not qmp.halted_for_good(IDLE)  # sti; hlt: an idle guest
+    assert not qmp.halted_for_good(DEAD + BUSY)  # one vCPU still runs
+    assert not qmp.halted_for_good("")
