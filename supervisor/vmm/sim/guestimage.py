@@ -246,6 +246,11 @@ def _run(argv: Sequence[str], *, cwd: str | Path | None = None) -> str:
     return proc.stdout
 
 
+def _have_tool(tool: str) -> bool:
+    # depmod lives in /usr/sbin, which a non-root PATH may lack.
+    return shutil.which(tool) is not None or os.path.exists(f"/usr/sbin/{tool}")
+
+
 def _installed_version(package: str, path: str) -> str:
     try:
         version = _run(["dpkg-query", "-W", "-f", "${Version}", package]).strip()
@@ -289,7 +294,7 @@ def build(
     cache = cache or cache_dir()
     say = log or (lambda _msg: None)
     for tool in ("apt-get", "apt-cache", "dpkg-deb", "dpkg-query", "depmod", "cpio", "gzip"):
-        if shutil.which(tool) is None and not os.path.exists(f"/usr/sbin/{tool}"):
+        if not _have_tool(tool):
             raise GuestImageError(f"{tool} is not installed (Debian package {TOOLS[tool]})")
     busybox_version = _candidate_version(BUSYBOX_PACKAGE)
     agent_version = _installed_version(AGENT_PACKAGE, AGENT_PATH)

@@ -72,7 +72,16 @@ def test_rc_loads_modules_in_order_and_starts_the_agent_on_its_port() -> None:
 
 
 def test_a_missing_tool_names_its_package(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("PATH", "/nonexistent")
-    monkeypatch.setattr(guestimage.os.path, "exists", lambda p: False)
+    monkeypatch.setattr(guestimage, "_have_tool", lambda tool: tool != "cpio")
+    with pytest.raises(GuestImageError, match=r"cpio is not installed \(Debian package cpio\)"):
+        guestimage.build()
+    monkeypatch.setattr(guestimage, "_have_tool", lambda tool: tool != "apt-get")
     with pytest.raises(GuestImageError, match=r"apt-get is not installed \(Debian package apt\)"):
+        guestimage.build()
+
+
+def test_a_missing_package_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(guestimage, "_have_tool", lambda tool: True)
+    monkeypatch.setattr(guestimage, "AGENT_PATH", "/nonexistent/qemu-ga")
+    with pytest.raises(GuestImageError, match="qemu-guest-agent is not installed"):
         guestimage.build()
