@@ -188,3 +188,32 @@ def test_real_qemu_accepts_the_mapped_command_line(tmp_path: Path) -> None:
         ours.close()
         os.close(master)
         os.close(slave)
+
+
+def test_install_records_the_engine_and_scripted_stays_the_default(tmp_path: Path) -> None:
+    from supervisor.vmm.sim import install
+
+    root = str(tmp_path / "host")
+    install(root)
+    assert qemu.load_engine(root) == EngineChoice("scripted")
+    install(root, guest_engine="qemu", guest_image=IMAGE)
+    assert qemu.load_engine(root) == EngineChoice("qemu", IMAGE)
+    install(root)  # installing again without the flag goes back to the scripted guest
+    assert qemu.load_engine(root).engine == "scripted"
+
+
+def test_bhyvesupd_names_what_the_guest_image_lacks(tmp_path: Path) -> None:
+    import sys
+
+    env = {**os.environ, "PATH": str(tmp_path / "empty"), "BHYVESUP_GUEST_CACHE": str(tmp_path)}
+    argv = [sys.executable, "-m", "supervisor.daemon", "--sim", str(tmp_path / "h")]
+    proc = subprocess.run(
+        [*argv, "--no-examples", "--guest-engine", "qemu"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode == 1
+    assert "bhyvesupd: guest image: apt-get is not installed (Debian package apt)" in proc.stderr
