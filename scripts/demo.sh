@@ -7,5 +7,6 @@ set -eu
 cd "$(dirname "$0")/.."
 . scripts/venv.sh
 root=${1:-./sim-host}
+[ $# -gt 0 ] && shift  # the rest goes to bhyvesupd (e.g. --guest-engine qemu)
 echo "bhyvesupd on a simulated host in $root; control socket $root/var/run/bhyvesupd/bhyvesupd.sock" >&2
-exec "$VENV/bin/bhyvesupd" --sim "$root"
+exec "$VENV/bin/bhyvesupd" --sim "$root" "$@"

@@ -542,6 +542,13 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
         action="store_true",
         help="with --sim: leave guests running when the daemon stops",
     )
+    p.add_argument(
+        "--guest-engine",
+        choices=["scripted", "qemu"],
+        default="scripted",
+        help="with --sim: what runs inside the simulated bhyve: the scripted guest "
+        "(default) or a real Linux under QEMU (its image is built or reused first)",
+    )
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
     p.add_argument("--version", action="version", version=f"bhyvesupd {__version__}")
     return p.parse_args(argv)
@@ -567,7 +574,16 @@ async def _amain(args: argparse.Namespace) -> int:
             from supervisor.vmm.sim import install
 
             root = os.path.abspath(args.sim)
-            host = install(root)
+            image = None
+            if args.guest_engine == "qemu":
+                from supervisor.vmm.sim import guestimage
+
+                try:
+                    image = await trio.to_thread.run_sync(guestimage.build)
+                except guestimage.GuestImageError as exc:
+                    print(f"bhyvesupd: guest image: {exc}", file=sys.stderr)
+                    return 1
+            host = install(root, guest_engine=args.guest_engine, guest_image=image)
             if config_path is None:
                 config_path = host.path("/usr/local/etc/bhyvesupd.toml")
                 if not os.path.exists(config_path):

@@ -15,7 +15,9 @@ the simulated kernel (:mod:`supervisor.vmm.sim.kernel`)::
     vCPUs              all activated at once, the APs parked in the debug set
     process title      ``bhyve: NAME``, only now (ps shows the argv until then)
 
-Then the scripted guest (:mod:`supervisor.vmm.sim.guest`) runs on com1. The process
+Then the scripted guest (:mod:`supervisor.vmm.sim.guest`) runs on com1, or, on a
+host set up with the QEMU engine, a real Linux under QEMU
+(:mod:`supervisor.vmm.sim.qemurun`). The process
 has FreeBSD bhyve's threads, named as ``pthread_set_name_np()`` names them (``vcpu N``,
 ``mevent``, ``blk-S:F-n``), all idle once booted: the event loop sleeps in ``poll``
 on the console, the kernel doorbell and a wake-up pipe.
@@ -201,6 +203,13 @@ class _Bhyve:
             if e.message:
                 sys.stderr.write(e.message)
             return e.status
+        from supervisor.vmm.sim import qemu
+
+        choice = qemu.load_engine(self.root)
+        if choice.engine == "qemu":
+            from supervisor.vmm.sim import qemurun
+
+            qemurun.run(self, choice)  # a real guest instead of the scripted one
         threading.Thread(target=self._mevent_guarded, name="mevent", daemon=True).start()
         while True:
             signal.pause()

@@ -8,9 +8,11 @@ import sys
 
 from supervisor import host as host_mod
 from supervisor.host import Host
-from supervisor.vmm.sim import hardware, nmdm, procs
+from supervisor.vmm.sim import hardware, nmdm, procs, qemu
+from supervisor.vmm.sim.guestimage import GuestImage
 from supervisor.vmm.sim.hardware import DEFAULT_KLDS, INTEL, Hardware, SysctlValue
 from supervisor.vmm.sim.kernel import KERNEL_DIR, Kernel
+from supervisor.vmm.sim.qemu import EngineChoice
 
 #: The simulated tools: host tool name → module whose ``main(root, argv)`` runs it.
 TOOLS: dict[str, str] = {
@@ -114,6 +116,8 @@ def install(
     unrestricted_guest: bool = True,
     klds: tuple[str, ...] | None = None,
     sysctl: dict[str, SysctlValue | None] | None = None,
+    guest_engine: str = "scripted",
+    guest_image: GuestImage | None = None,
 ) -> Host:
     """Make *root* a simulated FreeBSD host and return its :class:`Host`.
 
@@ -134,6 +138,9 @@ def install(
         unrestricted_guest: Intel unrestricted guest.
         klds: loaded klds besides the kernel (default: vmm, nmdm, if_bridge, bridgestp).
         sysctl: sysctl values to add or replace (``None`` removes an OID).
+        guest_engine: what runs inside the simulated bhyve: ``"scripted"`` or
+            ``"qemu"`` (a real Linux, see :mod:`supervisor.vmm.sim.qemu`).
+        guest_image: the image the QEMU engine boots (:mod:`supervisor.vmm.sim.guestimage`).
 
     Raises:
         ValueError: a hardware value is invalid (the message names it).
@@ -160,6 +167,7 @@ def install(
         os.makedirs(_inside(root, host.path(d)), exist_ok=True)
     os.makedirs(os.path.join(root, KERNEL_DIR), exist_ok=True)
     hardware.save(root, hw)
+    qemu.save_engine(root, EngineChoice(guest_engine, guest_image))
     Kernel(root, hw)  # creates the kernel's directories
     vmmctl = host.path("/dev/vmmctl")
     if hw.vmm_loaded and hw.major >= 15:

@@ -1,0 +1,290 @@
+"""The I/O glue of the QEMU guest engine: one QEMU child per simulated bhyve.
+
+Theory of operation
+-------------------
+
+The simulated ``bhyve`` has done bhyve's start-up against the simulated kernel (VM,
+memory, devices, vCPUs). :func:`run` then replaces the scripted guest with QEMU:
+
+1. It releases what QEMU opens itself: the console tty (QEMU opens the same nmdm A
+   side) and the virtio-console sockets (QEMU listens at the same paths).
+2. It starts ``qemu-system-x86_64`` with the argv of :func:`supervisor.vmm.sim.qemu.qemu_argv`,
+   QMP on one end of a socket pair, and ``PR_SET_PDEATHSIG`` so that QEMU dies with
+   this process however it ends (a ``kill -9`` of bhyve kills the guest, as on FreeBSD).
+3. One loop polls QMP, the kernel doorbell, the signal wake-up pipe and QEMU's pidfd:
+
+   - ``SHUTDOWN`` (QEMU paused the machine, ``-action shutdown=pause``): the reason
+     maps to bhyve's suspend reason (:func:`supervisor.vmm.sim.qmp.suspend_for`); QEMU
+     is told to ``quit`` and bhyve exits with that reason's status (reset 0, poweroff 1);
+   - SIGTERM: ``system_powerdown``, the ACPI power button, as bhyve does;
+   - the doorbell: an NMI request becomes ``inject-nmi``; a suspend request
+     (``bhyvectl --force-reset``/``--force-poweroff``) ends QEMU and exits with that
+     reason's status; a destroyed VM exits as bhyve does when ``vm_run`` fails;
+   - QEMU ending on its own, without a ``SHUTDOWN``: bhyve's error status 4;
+   - every second, the vCPUs' registers are read (HMP ``info registers -a``): when all
+     are halted with interrupts off, the guest halted for good and bhyve exits 2, as
+     bhyve does when every vCPU executes ``hlt`` with interrupts disabled;
+   - every second, QEMU's RTC (``qom-get /machine rtc-time``) is copied into the
+     simulated kernel, so ``bhyvectl --get-rtc-time`` reads the clock the guest set.
+     QEMU cannot be told a new RTC time: ``--set-rtc-time`` holds until the next copy.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import select
+import shutil
+import signal
+import socket
+import stat
+import subprocess
+import sys
+import time
+import traceback
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, NoReturn
+
+from supervisor.vmm.sim import qmp
+from supervisor.vmm.sim.qemu import EngineChoice, qemu_argv
+from supervisor.vmm.sim.qmp import Event, QmpSession, Reply
+
+if TYPE_CHECKING:
+    from supervisor.vmm.sim.bhyve import _Bhyve
+
+_PR_SET_PDEATHSIG = 1
+EXIT_ERROR = 4
+#: How long QEMU gets to go after ``quit`` before it is killed.
+QUIT_GRACE = 5.0
+#: How often QEMU's RTC is copied into the simulated kernel (for ``--get-rtc-time``).
+RTC_SYNC = 1.0
+
+
+def _die_with_parent() -> None:
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+
+
+def _spawn(argv: Sequence[str], pass_fd: int) -> subprocess.Popen[bytes]:
+    """Start QEMU so that it is killed when this process dies, however that happens.
+
+    util-linux's ``setpriv`` sets the parent-death signal and execs QEMU (same pid);
+    Python code in a forked child of this threaded process (``preexec_fn``) is the
+    fallback only.
+    """
+    setpriv = shutil.which("setpriv")
+    if setpriv is not None:
+        return subprocess.Popen(
+            [setpriv, "--pdeathsig", "KILL", "--", *argv],
+            stdin=subprocess.DEVNULL,
+            pass_fds=(pass_fd,),
+        )
+    return subprocess.Popen(  # pragma: no cover - Debian always has setpriv
+        list(argv), stdin=subprocess.DEVNULL, pass_fds=(pass_fd,), preexec_fn=_die_with_parent
+    )
+
+
+def _tap_exists(name: str) -> bool:
+    return os.path.exists(f"/sys/class/net/{name}")
+
+
+def _rtc_base(seconds: int) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds))
+
+
+class _Runner:
+    def __init__(self, bhyve: _Bhyve, choice: EngineChoice) -> None:
+        assert choice.image is not None
+        assert bhyve.cmd is not None
+        self.bhyve = bhyve
+        self.cmd = bhyve.cmd
+        self.image = choice.image
+        self.session = QmpSession()
+        self.sock, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.child_fd = child
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.pending: dict[int, str] = {}
+        self.stopping: str | None = None
+        self.ready = False
+        self.rtc_synced = 0.0
+
+    def send(self, name: str, arguments: dict[str, Any] | None = None) -> None:
+        ident, data = self.session.command(name, arguments)
+        self.pending[ident] = name
+        with contextlib.suppress(OSError):
+            self.sock.sendall(data)
+
+    def release_devices(self) -> None:
+        b = self.bhyve
+        if b.console_in > 2:
+            os.close(b.console_in)
+        b.console_in = b.console_out = -1
+        for sock in b.sockets:
+            path = sock.getsockname()
+            sock.close()
+            with contextlib.suppress(OSError):
+                if isinstance(path, str) and stat.S_ISSOCK(os.lstat(path).st_mode):
+                    os.unlink(path)
+        b.sockets = []
+
+    def start(self) -> None:
+        b = self.bhyve
+        vm = b.kernel.get(b.name)
+        plan = qemu_argv(
+            self.cmd,
+            image=self.image,
+            resolve=b.host.path,
+            memory_path=b.kernel.device_path(b.name),
+            tap_exists=_tap_exists,
+            qmp_fd=self.child_fd.fileno(),
+            rtc_base=_rtc_base(b.kernel.rtc_seconds(vm)),
+        )
+        for note in plan.notes:
+            sys.stderr.write(f"bhyve: qemu engine: {note}\n")
+        self.release_devices()
+        try:
+            self.proc = _spawn(plan.argv, self.child_fd.fileno())
+        except OSError as e:
+            sys.stderr.write(f"bhyve: qemu engine: cannot run {plan.argv[0]}: {e.strerror}\n")
+            b.exit(EXIT_ERROR)
+        self.child_fd.close()
+        # Power button presses reach the wake-up pipe from now on (see _Bhyve.on_signal).
+        b.acpi_enabled = True
+
+    def loop(self) -> NoReturn:
+        b = self.bhyve
+        assert self.proc is not None
+        bell = b.kernel.open_bell(b.name)
+        pidfd = os.pidfd_open(self.proc.pid)
+        poller = select.poll()
+        for fd in (self.sock.fileno(), bell, b.wake_r, pidfd):
+            poller.register(fd, select.POLLIN)
+        self.on_bell(bell)  # a request made before the doorbell existed
+        while True:
+            now = time.monotonic()
+            if self.ready and now - self.rtc_synced >= RTC_SYNC:
+                self.rtc_synced = now
+                self.send("qom-get", {"path": "/machine", "property": "rtc-time"})
+                self.send("human-monitor-command", {"command-line": "info registers -a"})
+            for fd, _events in poller.poll(int(RTC_SYNC * 1000)):
+                if fd == self.sock.fileno():
+                    self.on_qmp()
+                elif fd == bell:
+                    self.on_bell(bell)
+                elif fd == b.wake_r:
+                    if b"T" in os.read(b.wake_r, 64):
+                        self.send("system_powerdown")
+                elif fd == pidfd:
+                    self.on_qemu_gone()
+
+    def on_qmp(self) -> None:
+        try:
+            data = self.sock.recv(65536)
+        except OSError:
+            data = b""
+        if not data:
+            self.on_qemu_gone()
+        for msg in self.session.feed(data):
+            if isinstance(msg, qmp.Greeting):
+                self.send("qmp_capabilities")
+                self.send("query-cpus-fast")
+            elif isinstance(msg, Reply):
+                self.on_reply(msg)
+            elif isinstance(msg, Event):
+                self.on_event(msg)
+
+    def on_reply(self, reply: Reply) -> None:
+        name = self.pending.pop(reply.id, "")
+        if not reply.ok:
+            sys.stderr.write(f"bhyve: qemu engine: {name}: {reply.error}\n")
+            return
+        if name == "qmp_capabilities":
+            self.ready = True
+        elif name == "qom-get" and isinstance(reply.value, dict):
+            # The guest sets its RTC (hwclock -w) in QEMU; bhyvectl reads the kernel's.
+            with contextlib.suppress(OSError, qmp.QmpProtocolError):
+                self.bhyve.kernel.set_rtc(self.bhyve.name, qmp.rtc_seconds(reply.value))
+        elif name == "human-monitor-command" and isinstance(reply.value, str):
+            if qmp.halted_for_good(reply.value):
+                self.finish("halt")
+        elif name == "query-cpus-fast" and isinstance(reply.value, list):
+            cpus = sorted(int(c["cpu-index"]) for c in reply.value if "cpu-index" in c)
+            with contextlib.suppress(OSError), self.bhyve.kernel.update(self.bhyve.name) as vm:
+                vm.active = cpus
+                vm.debug = []
+
+    def on_event(self, event: Event) -> None:
+        if event.name != "SHUTDOWN" or self.stopping is not None:
+            return
+        how = qmp.suspend_for(str(event.data.get("reason", "")))
+        self.finish(how or "poweroff")
+
+    def on_bell(self, bell: int) -> None:
+        b = self.bhyve
+        with contextlib.suppress(BlockingIOError):
+            os.read(bell, 4096)
+        try:
+            with b.kernel.update(b.name) as vm:
+                nmis, vm.nmi = vm.nmi, []
+                for v in nmis:
+                    counters = vm.stats.setdefault(str(v), {})
+                    key = "number of NMIs delivered to vcpu"
+                    counters[key] = counters.get(key, 0) + 1
+                how = vm.suspend
+        except OSError:
+            self.stop_qemu()
+            b._destroyed()
+        if how is not None and self.stopping is None:
+            self.finish(how)
+        for _ in nmis:
+            self.send("inject-nmi")
+
+    def finish(self, how: str) -> NoReturn:
+        """The machine stopped (or must stop) for *how*: end QEMU, exit as bhyve."""
+        self.stopping = how
+        self.stop_qemu()
+        self.bhyve._guest_suspend(how)
+        raise AssertionError("unreachable")  # _guest_suspend exits
+
+    def stop_qemu(self) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.send("quit")
+        try:
+            self.proc.wait(QUIT_GRACE)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+    def on_qemu_gone(self) -> NoReturn:
+        assert self.proc is not None
+        if self.stopping is not None:
+            self.bhyve._guest_suspend(self.stopping)
+        # Any SHUTDOWN still unread decides the status.
+        with contextlib.suppress(OSError):
+            self.sock.setblocking(False)
+            while True:
+                data = self.sock.recv(65536)
+                if not data:
+                    break
+                for msg in self.session.feed(data):
+                    if isinstance(msg, Event):
+                        self.on_event(msg)
+        status = self.proc.wait()
+        sys.stderr.write(f"bhyve: qemu engine: qemu-system-x86_64 ended (status {status})\n")
+        self.bhyve.exit(EXIT_ERROR)
+
+
+def run(bhyve: _Bhyve, choice: EngineChoice) -> NoReturn:
+    """Run the VM *bhyve* has set up under QEMU until it ends; never returns."""
+    runner = _Runner(bhyve, choice)
+    try:
+        runner.start()
+        runner.loop()
+    except Exception:
+        # An engine bug ends this bhyve with bhyve's error status, never with QEMU
+        # left running behind it.
+        traceback.print_exc()
+        runner.stop_qemu()
+        bhyve.exit(EXIT_ERROR)

@@ -1,0 +1,198 @@
+"""A sans-IO QMP (QEMU Machine Protocol) client core, and what QEMU's stop reasons mean to bhyve.
+
+Theory of operation
+-------------------
+
+QMP is line-delimited JSON over a stream. QEMU speaks first with a greeting
+(``{"QMP": {...}}``); the client must send ``qmp_capabilities`` before any other
+command. Every command may carry an ``id`` that its reply (``{"return": ...}`` or
+``{"error": {"class", "desc"}}``) echoes; events (``{"event": NAME, "data": ...}``)
+arrive between replies at any time.
+
+:class:`QmpSession` holds no socket: :meth:`QmpSession.command` returns the bytes to
+send, :meth:`QmpSession.feed` takes received bytes and returns what they completed
+(:class:`Greeting`, :class:`Reply`, :class:`Event`). The I/O glue
+(:mod:`supervisor.vmm.sim.qemurun`) moves the bytes.
+
+bhyve's exit contract comes from QEMU's ``SHUTDOWN`` event: QEMU runs with
+``-action reboot=shutdown,shutdown=pause``, so a guest reset and a guest power-off
+both stop the machine and report why (``data.reason``), which :func:`suspend_for`
+maps onto bhyve's suspend reasons (``reset`` exits 0, ``poweroff`` 1).
+"""
+
+from __future__ import annotations
+
+import calendar
+import json
+from collections.abc import Mapping
+from typing import Any
+
+import attrs
+
+from supervisor.errors import SupervisorError
+
+
+class QmpProtocolError(SupervisorError):
+    """QEMU sent something that is not QMP."""
+
+
+@attrs.frozen
+class Greeting:
+    """QEMU's first message: its version and offered capabilities."""
+
+    version: str
+    capabilities: tuple[str, ...]
+
+
+@attrs.frozen
+class Reply:
+    """The answer to the command with this *id*: a value, or an error."""
+
+    id: int
+    value: Any = None
+    error_class: str | None = None
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error_class is None
+
+
+@attrs.frozen
+class Event:
+    """An asynchronous event (``SHUTDOWN``, ``POWERDOWN``, ``STOP``...)."""
+
+    name: str
+    data: dict[str, Any] = attrs.field(factory=dict)
+
+
+Message = Greeting | Reply | Event
+
+#: QEMU's ShutdownCause values and the bhyve suspend reason each stands for.
+SHUTDOWN_SUSPEND: dict[str, str] = {
+    # The guest reset itself (reboot; also a triple fault, which QEMU reports the same way).
+    "guest-reset": "reset",
+    "host-qmp-system-reset": "reset",
+    # The guest powered off through ACPI S5 (after a power button press or on its own).
+    "guest-shutdown": "poweroff",
+    "host-qmp-quit": "poweroff",
+    "host-signal": "poweroff",
+    "host-ui": "poweroff",
+}
+
+
+def suspend_for(reason: str) -> str | None:
+    """The bhyve suspend reason for a ``SHUTDOWN`` event's *reason*, if it maps."""
+    return SHUTDOWN_SUSPEND.get(reason)
+
+
+def rtc_seconds(tm: Mapping[str, Any]) -> int:
+    """The RTC reading of ``qom-get /machine rtc-time`` (a ``struct tm``) as seconds.
+
+    The RTC holds a wall time without a zone; the seconds are that wall time counted
+    as if it were UTC, the way bhyve's ``--get-rtc-time`` counts it.
+
+    Raises:
+        QmpProtocolError: a field is missing or not a number.
+    """
+    try:
+        return calendar.timegm(
+            (
+                1900 + int(tm["tm_year"]),
+                1 + int(tm["tm_mon"]),
+                int(tm["tm_mday"]),
+                int(tm["tm_hour"]),
+                int(tm["tm_min"]),
+                int(tm["tm_sec"]),
+                0,
+                0,
+                0,
+            )
+        )
+    except (KeyError, TypeError, ValueError) as e:
+        raise QmpProtocolError(f"QMP: rtc-time: not a struct tm: {dict(tm)!r}") from e
+
+
+_IF = 0x200  # EFLAGS.IF
+
+
+def halted_for_good(info_registers: str) -> bool:
+    """Whether HMP ``info registers -a`` shows every vCPU halted with interrupts off.
+
+    That is bhyve's ``VM_SUSPEND_HALT``: a vCPU that executes ``hlt`` with interrupts
+    disabled can never wake, and when all have, bhyve exits 2. An idle guest halts
+    with interrupts on (``sti; hlt``) and is not halted for good. QEMU raises no event
+    for this, so the runner asks.
+    """
+    cpus = 0
+    for line in info_registers.splitlines():
+        if "HLT=" not in line or "RFL=" not in line:
+            continue
+        fields = dict(f.split("=", 1) for f in line.split() if "=" in f)
+        try:
+            rflags = int(fields["RFL"], 16)
+        except (KeyError, ValueError):
+            return False
+        if fields.get("HLT") != "1" or rflags & _IF:
+            return False
+        cpus += 1
+    return cpus > 0
+
+
+class QmpSession:
+    """One QMP conversation, without I/O."""
+
+    def __init__(self) -> None:
+        self._buffer = b""
+        self._next_id = 1
+        self.greeted = False
+        self.version = ""
+
+    def command(self, name: str, arguments: dict[str, Any] | None = None) -> tuple[int, bytes]:
+        """The id and wire bytes of command *name* with *arguments*."""
+        ident = self._next_id
+        self._next_id += 1
+        msg: dict[str, Any] = {"execute": name, "id": ident}
+        if arguments:
+            msg["arguments"] = arguments
+        return ident, json.dumps(msg, separators=(",", ":")).encode() + b"\n"
+
+    def feed(self, data: bytes) -> list[Message]:
+        """Take received *data*; return the messages it completed, in order.
+
+        Raises:
+            QmpProtocolError: a line is not a QMP message.
+        """
+        self._buffer += data
+        out: list[Message] = []
+        while b"\n" in self._buffer:
+            line, self._buffer = self._buffer.split(b"\n", 1)
+            line = line.strip()
+            if line:
+                out.append(self._parse(line))
+        return out
+
+    def _parse(self, line: bytes) -> Message:
+        try:
+            msg = json.loads(line)
+        except ValueError:
+            raise QmpProtocolError(f"QMP: not JSON: {line[:200]!r}") from None
+        if not isinstance(msg, dict):
+            raise QmpProtocolError(f"QMP: not an object: {line[:200]!r}")
+        if "QMP" in msg:
+            info = msg["QMP"]
+            qemu = info.get("version", {}).get("qemu", {})
+            self.version = f"{qemu.get('major', 0)}.{qemu.get('minor', 0)}.{qemu.get('micro', 0)}"
+            self.greeted = True
+            return Greeting(self.version, tuple(info.get("capabilities", ())))
+        if "event" in msg:
+            return Event(str(msg["event"]), dict(msg.get("data") or {}))
+        ident = msg.get("id")
+        if not isinstance(ident, int):
+            raise QmpProtocolError(f"QMP: reply without a numeric id: {line[:200]!r}")
+        if "error" in msg:
+            err = msg["error"] or {}
+            return Reply(ident, None, str(err.get("class", "GenericError")), str(err.get("desc")))
+        if "return" in msg:
+            return Reply(ident, msg["return"])
+        raise QmpProtocolError(f"QMP: unknown message: {line[:200]!r}")

@@ -1,0 +1,83 @@
+"""The sans-IO QMP core and the mapping of QEMU stop reasons onto bhyve's."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from supervisor.vmm.sim import qmp
+from supervisor.vmm.sim.qmp import Event, Greeting, QmpProtocolError, QmpSession, Reply
+
+GREETING = (
+    b'{"QMP": {"version": {"qemu": {"micro": 22, "minor": 2, "major": 7}, "package": ""},'
+    b' "capabilities": ["oob"]}}\r\n'
+)
+
+
+def test_greeting_reply_and_event_split_across_reads() -> None:
+    s = QmpSession()
+    ident, wire = s.command("inject-nmi")
+    assert json.loads(wire) == {"execute": "inject-nmi", "id": ident}
+    assert wire.endswith(b"\n")
+    data = GREETING + b'{"return": {}, "id": %d}\r\n' % ident
+    data += b'{"event": "SHUTDOWN", "data": {"guest": true, "reason": "guest-reset"}}\r\n'
+    out = s.feed(data[:30]) + s.feed(data[30:101]) + s.feed(data[101:])
+    assert out == [
+        Greeting("7.2.22", ("oob",)),
+        Reply(ident, {}),
+        Event("SHUTDOWN", {"guest": True, "reason": "guest-reset"}),
+    ]
+    assert s.greeted
+
+
+def test_each_command_gets_its_own_id_and_errors_are_kept() -> None:
+    s = QmpSession()
+    a, _ = s.command("qmp_capabilities")
+    b, wire = s.command("human-monitor-command", {"command-line": "info"})
+    assert a != b
+    assert json.loads(wire)["arguments"] == {"command-line": "info"}
+    (reply,) = s.feed(b'{"id": %d, "error": {"class": "CommandNotFound", "desc": "no"}}\n' % b)
+    assert isinstance(reply, Reply)
+    assert not reply.ok
+    assert (reply.error_class, reply.error) == ("CommandNotFound", "no")
+
+
+@pytest.mark.parametrize("line", [b"garbage\n", b"[1]\n", b'{"return": 1}\n', b'{"id": 1}\n'])
+def test_what_is_not_qmp_is_refused(line: bytes) -> None:
+    with pytest.raises(QmpProtocolError, match="QMP"):
+        QmpSession().feed(line)
+
+
+@pytest.mark.parametrize(
+    ("reason", "how"),
+    [
+        ("guest-reset", "reset"),
+        ("host-qmp-system-reset", "reset"),
+        ("guest-shutdown", "poweroff"),
+        ("host-qmp-quit", "poweroff"),
+        ("guest-panic", None),
+    ],
+)
+def test_shutdown_reasons_map_onto_bhyve_suspend_reasons(reason: str, how: str | None) -> None:
+    assert qmp.suspend_for(reason) == how
+
+
+def test_the_rtc_struct_tm_reads_as_seconds_of_wall_time() -> None:
+    tm = {"tm_year": 130, "tm_mon": 0, "tm_mday": 2, "tm_hour": 3, "tm_min": 4, "tm_sec": 5}
+    assert qmp.rtc_seconds(tm) == 1893553445  # 2030-01-02T03:04:05 counted as UTC
+    with pytest.raises(QmpProtocolError, match="rtc-time"):
+        qmp.rtc_seconds({"tm_year": 130})
+
+
+IDLE = "CPU#0\nRAX=0\nRIP=ffffffff8580dfeb RFL=00000246 [---Z-P-] CPL=0 II=0 A20=1 SMM=0 HLT=1\n"
+DEAD = "CPU#0\nRIP=ffffffff8580dfeb RFL=00000046 [---Z-P-] CPL=0 II=0 A20=1 SMM=0 HLT=1\n"
+BUSY = "CPU#1\nRIP=ffffffff8580dfeb RFL=00000046 [---Z-P-] CPL=0 II=0 A20=1 SMM=0 HLT=0\n"
+
+
+def test_halted_for_good_needs_every_vcpu_halted_with_interrupts_off() -> None:
+    assert qmp.halted_for_good(DEAD)
+    assert qmp.halted_for_good(DEAD + DEAD.replace("CPU#0", "CPU#1"))
+    assert not qmp.halted_for_good(IDLE)  # sti; hlt: an idle guest
+    assert not qmp.halted_for_good(DEAD + BUSY)  # one vCPU still runs
+    assert not qmp.halted_for_good("")
