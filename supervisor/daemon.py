@@ -18,7 +18,7 @@ import signal
 import socket
 import sys
 import time
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -109,6 +109,11 @@ class Daemon:
         #: Host resources every guest acquires before launch and releases after its
         #: final stop (see :class:`~supervisor.actors.guest.LaunchHook`).
         self.launch_hooks: list[LaunchHook] = []
+
+    def spawn(self, fn: Callable[[], Awaitable[None]]) -> None:
+        """Run *fn* as a task of the daemon (background jobs); it must not raise."""
+        assert self._nursery is not None
+        self._nursery.start_soon(fn)
 
     # -- guests ---------------------------------------------------------------------------
 

@@ -157,7 +157,8 @@ class GuestActor:
         self.paths = paths
         self.bus = bus
         self.plan_factory = plan_factory
-        self.hooks = tuple(hooks)
+        # Not copied: hooks an area registers after the actor was made still apply.
+        self.hooks = hooks
         self.machine = lc.Lifecycle(policy=policy)
         self.console: Console | None = None
         if console_path is not None:
