@@ -20,6 +20,7 @@ TOOLS: dict[str, str] = {
     "grub-bhyve": "supervisor.vmm.sim.grub",
     "kldstat": "supervisor.vmm.sim.kldstat",
     "sysctl": "supervisor.vmm.sim.sysctl",
+    "zfs": "supervisor.vmm.sim.zfs",
 }
 
 #: Directories of a FreeBSD host that the supervisor and the tools expect.
@@ -113,6 +114,8 @@ def install(
     unrestricted_guest: bool = True,
     klds: tuple[str, ...] | None = None,
     sysctl: dict[str, SysctlValue | None] | None = None,
+    zpools: tuple[str, ...] = ("zroot",),
+    real_zfs: str | None = None,
 ) -> Host:
     """Make *root* a simulated FreeBSD host and return its :class:`Host`.
 
@@ -133,6 +136,9 @@ def install(
         unrestricted_guest: Intel unrestricted guest.
         klds: loaded klds besides the kernel (default: vmm, nmdm, if_bridge, bridgestp).
         sysctl: sysctl values to add or replace (``None`` removes an OID).
+        zpools: the pools of the simulated ``zfs`` (zvols live under them).
+        real_zfs: a real ``zfs`` program (zfs-fuse's) to install as the host's
+            ``zfs`` instead of the simulated one.
 
     Raises:
         ValueError: a hardware value is invalid (the message names it).
@@ -180,7 +186,13 @@ def install(
         script = _SCRIPT.format(
             python=sys.executable, tool=tool, root=root, path=parent, module=module
         )
+        if tool == "zfs" and real_zfs is not None:
+            script = f'#!/bin/sh\n# The host\'s real zfs.\nexec {real_zfs} "$@"\n'
         _write_if_changed(_inside(root, host.tool(tool)), script.encode(), 0o755)
+    from supervisor.vmm.sim import zfs
+
+    for pool in zpools:
+        zfs.create_pool(root, pool)
     return host
 
 
