@@ -489,6 +489,11 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
         action="store_true",
         help="with --sim: leave guests running when the daemon stops",
     )
+    p.add_argument(
+        "--sim-zfs",
+        metavar="PROGRAM",
+        help="with --sim: a real zfs program (zfs-fuse's) to be the host's zfs",
+    )
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
     p.add_argument("--version", action="version", version=f"bhyvesupd {__version__}")
     return p.parse_args(argv)
@@ -514,7 +519,7 @@ async def _amain(args: argparse.Namespace) -> int:
             from supervisor.vmm.sim import install
 
             root = os.path.abspath(args.sim)
-            host = install(root)
+            host = install(root, real_zfs=args.sim_zfs)
             if config_path is None:
                 config_path = host.path("/usr/local/etc/bhyvesupd.toml")
                 if not os.path.exists(config_path):

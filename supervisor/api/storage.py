@@ -319,22 +319,32 @@ def register(reg: Registry, daemon: Daemon) -> None:
             raise InvalidStateError(f"disk {disk} of {g.domain.name} already has a job running")
         return jobs.start(kind, g.domain.name, disk, body).info()
 
-    async def copy_file(job: Job, src: str, dst: str) -> int:
+    async def copy_file(job: Job, src: str, dst: str, bandwidth: int | None) -> int:
         cancel = threading.Event()
         total = await trio.to_thread.run_sync(copymod.allocated_bytes, src)
         job.progress(0, total, force=True)
         token = trio.lowlevel.current_trio_token()
+        finished = trio.Event()
 
         def report(n: int) -> None:
             token.run_sync_soon(job.progress, n)
 
+        def work() -> int:
+            try:
+                return copymod.sparse_copy(
+                    src, dst, progress=report, cancel=cancel, bandwidth=bandwidth
+                )
+            finally:
+                token.run_sync_soon(finished.set)
+
         try:
-            return await trio.to_thread.run_sync(
-                lambda: copymod.sparse_copy(src, dst, progress=report, cancel=cancel),
-                abandon_on_cancel=True,
-            )
-        finally:
-            cancel.set()  # a cancelled job stops its thread at the next chunk
+            return await trio.to_thread.run_sync(work, abandon_on_cancel=True)
+        except trio.Cancelled:
+            # Stop the thread at its next chunk and wait until it removed the partial copy.
+            cancel.set()
+            with trio.CancelScope(shield=True):
+                await finished.wait()
+            raise
 
     @method("domain.block_copy", access="rw")
     async def block_copy(
@@ -342,6 +352,7 @@ def register(reg: Registry, daemon: Daemon) -> None:
         disk: str,
         dest: str,
         pivot_to_copy: bool = False,
+        bandwidth: int | None = None,
         name: str | None = None,
         uuid: str | None = None,
     ) -> dict[str, Any]:
@@ -352,8 +363,13 @@ def register(reg: Registry, daemon: Daemon) -> None:
         disk is copied from a ZFS snapshot (taken between freeze and thaw when it has an
         agent); a running guest's plain file (not on ZFS) cannot be copied consistently
         and is refused. With *pivot_to_copy* the definition then names the copy (used
-        from the next start).
+        from the next start). *bandwidth* limits the copy to that many MiB/s.
         """
+        if bandwidth is not None and bandwidth <= 0:
+            raise InvalidValueError(
+                f"bandwidth: must be > 0 MiB/s, got {bandwidth}", field="bandwidth"
+            )
+        rate = bandwidth << 20 if bandwidth is not None else None
         g = daemon.lookup(name, uuid)
         index, d = find_disk(g.domain, disk)
         assert d.source is not None
@@ -378,7 +394,9 @@ def register(reg: Registry, daemon: Daemon) -> None:
                     )
                     job.progress(0, total or 0, force=True)
                     try:
-                        moved = await zfs.send_receive(snap, target, progress=job.progress)
+                        moved = await zfs.send_receive(
+                            snap, target, progress=job.progress, bandwidth=rate
+                        )
                     except BaseException:
                         with trio.CancelScope(shield=True):
                             if await zfs.exists(target):
@@ -414,7 +432,7 @@ def register(reg: Registry, daemon: Daemon) -> None:
 
         async def file_body(job: Job) -> dict[str, Any]:
             if dataset is None:
-                moved = await copy_file(job, src.local_path, local_dest)
+                moved = await copy_file(job, src.local_path, local_dest, rate)
                 frozen = False
             else:
                 # Copy from a clone of a snapshot: the running guest keeps writing.
@@ -428,7 +446,7 @@ def register(reg: Registry, daemon: Daemon) -> None:
                         cmnt = (await zfs.get([clone], ["mountpoint"]))[clone]["mountpoint"]
                         assert mnt is not None
                         rel = os.path.relpath(src.local_path, mnt)
-                        moved = await copy_file(job, os.path.join(cmnt, rel), local_dest)
+                        moved = await copy_file(job, os.path.join(cmnt, rel), local_dest, rate)
                     finally:
                         with trio.CancelScope(shield=True):
                             await zfs.destroy(clone)

@@ -132,7 +132,12 @@ def _follow(c: Client, args: argparse.Namespace, job_id: int) -> int:
 
 def cmd_blockcopy(args: argparse.Namespace) -> int:
     return _run_job(
-        args, "domain.block_copy", disk=args.disk, dest=args.dest, pivot_to_copy=args.pivot
+        args,
+        "domain.block_copy",
+        disk=args.disk,
+        dest=args.dest,
+        pivot_to_copy=args.pivot,
+        bandwidth=args.bandwidth,
     )
 
 
@@ -272,6 +277,7 @@ def register(sub: Any) -> None:
     guest_disk(p)
     p.add_argument("dest", metavar="DEST", help="a new file, or /dev/zvol/POOL/NAME for a zvol")
     p.add_argument("--pivot", action="store_true", help="then make the definition use the copy")
+    p.add_argument("--bandwidth", type=int, metavar="MIB", help="at most MIB MiB/s")
     waitflag(p)
     p = verb(sub, "blockpull", cmd_blockpull, "make a cloned zvol/dataset independent (a job)")
     guest_disk(p)

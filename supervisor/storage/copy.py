@@ -10,6 +10,7 @@ from __future__ import annotations
 import errno
 import os
 import threading
+import time
 from collections.abc import Callable, Iterator
 
 #: Bytes per read/write.
@@ -38,6 +39,13 @@ class Cancelled(Exception):
     """The copy was cancelled."""
 
 
+def _pause(seconds: float, cancel: threading.Event | None) -> None:
+    if cancel is None:
+        time.sleep(seconds)
+    elif cancel.wait(seconds):
+        raise Cancelled
+
+
 def _check(cancel: threading.Event | None) -> None:
     if cancel is not None and cancel.is_set():
         raise Cancelled
@@ -59,10 +67,12 @@ def sparse_copy(
     progress: Callable[[int], None] | None = None,
     cancel: threading.Event | None = None,
     chunk: int = CHUNK,
+    bandwidth: int | None = None,
 ) -> int:
     """Copy *src* to the new file *dst*, keeping holes; the bytes copied.
 
     *dst* must not exist. On any failure or cancellation the partial *dst* is removed.
+    With *bandwidth* (bytes per second) the copy is paced to leave the disk to others.
 
     Raises:
         Cancelled: *cancel* was set.
@@ -74,6 +84,7 @@ def sparse_copy(
         try:
             size = os.fstat(sfd).st_size
             done = 0
+            began = time.monotonic()
             for start, length in data_regions(sfd, size):
                 off = start
                 while off < start + length:
@@ -89,6 +100,10 @@ def sparse_copy(
                     done += len(data)
                     if progress is not None:
                         progress(done)
+                    if bandwidth:
+                        ahead = done / bandwidth - (time.monotonic() - began)
+                        if ahead > 0:
+                            _pause(ahead, cancel)
             os.ftruncate(dfd, size)
             os.fsync(dfd)
         except BaseException:

@@ -122,12 +122,18 @@ class ZfsCli:
         )
 
     async def send_receive(
-        self, snapshot: str, target: str, progress: Any = None, chunk: int = 1 << 20
+        self,
+        snapshot: str,
+        target: str,
+        progress: Any = None,
+        chunk: int = 1 << 20,
+        bandwidth: int | None = None,
     ) -> int:
         """``zfs send SNAPSHOT | zfs receive TARGET``, pumped through this process so
         that the bytes moved are counted (``progress(n)`` after each chunk).
 
         Returns the stream's length. On cancellation both processes are killed.
+        With *bandwidth* (bytes per second) the stream is paced.
         """
         env = tool_env(self.host)
         send = await trio.lowlevel.open_process(
@@ -143,6 +149,7 @@ class ZfsCli:
             env=env,
         )
         total = 0
+        began = trio.current_time()
         try:
             assert send.stdout is not None
             assert recv.stdin is not None
@@ -152,6 +159,8 @@ class ZfsCli:
                     total += len(data)
                     if progress is not None:
                         progress(total)
+                    if bandwidth:
+                        await trio.sleep_until(began + total / bandwidth)
             s_status, r_status = await send.wait(), await recv.wait()
         except BaseException:
             for p in (send, recv):

@@ -94,7 +94,7 @@ async def test_real_qemu_ga_ping_info_time_and_freeze_status(qemu_ga: str) -> No
 
 async def test_real_qemu_ga_refusal_is_a_guest_agent_error(qemu_ga: str) -> None:
     # The command is blocked in the fixture: this asks, and nothing is frozen.
-    with pytest.raises(GuestAgentError, match="guest-fsfreeze-freeze.*disabled"):
+    with pytest.raises(GuestAgentError, match=r"guest-fsfreeze-freeze.*disabled"):
         await AgentClient(qemu_ga, "qga").fsfreeze_freeze()
 
 
@@ -114,12 +114,12 @@ async def test_an_agent_that_never_answers_times_out(
     with socket.socket(socket.AF_UNIX) as listener:
         listener.bind(path)
         listener.listen(1)  # bhyve listens even when no agent runs in the guest
-        with pytest.raises(GuestAgentError, match="did not answer within 0.3 s"):
+        with pytest.raises(GuestAgentError, match=r"did not answer within 0\.3 s"):
             await AgentClient(path, "web1").ping()
 
 
 async def test_no_socket_names_the_path(tmp_path: Path) -> None:
-    with pytest.raises(GuestAgentError, match="web1: guest agent socket .*missing.sock"):
+    with pytest.raises(GuestAgentError, match=r"web1: guest agent socket .*missing\.sock"):
         await AgentClient(str(tmp_path / "missing.sock"), "web1").ping()
 
 
