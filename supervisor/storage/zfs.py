@@ -11,6 +11,7 @@ but not on every zfs(8)); everything else stays on the CLI.
 from __future__ import annotations
 
 import importlib
+import re
 from types import ModuleType
 from typing import Any
 
@@ -101,6 +102,22 @@ class ZfsCli:
         await self.run("snapshot", *snapshots)
 
     async def destroy(self, name: str, *, recursive: bool = False) -> None:
+        # zfs-fuse (and a FreeBSD dataset someone has cd'ed into) says "dataset is
+        # busy" while a filesystem is mounted: unmount the one named, then try again.
+        for _ in range(16):
+            try:
+                await self.run("destroy", *(["-r"] if recursive else []), name)
+                return
+            except HostToolError as e:
+                m = re.search(r"cannot destroy '([^']+)': dataset is busy", e.stderr)
+                if m is None:
+                    raise
+                try:
+                    await self.run("unmount", "-f", m.group(1))
+                except HostToolError as u:
+                    if "not currently mounted" not in u.stderr:
+                        raise
+                    await trio.sleep(0.2)  # zfs-fuse lets go of an unmounted one late
         await self.run("destroy", *(["-r"] if recursive else []), name)
 
     async def rollback(self, snapshot: str) -> None:
