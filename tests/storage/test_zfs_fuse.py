@@ -15,6 +15,13 @@ from supervisor.storage.zfs import DatasetNotFoundError, ZfsCli
 from tests.storage.zfsfuse import zfs_fuse_pool
 
 
+def _write(path: Path, data: bytes, size: int | None = None) -> None:
+    with open(path, "r+b" if size is None else "wb") as f:
+        if size is not None:
+            f.truncate(size)
+        f.write(data)
+
+
 @pytest.fixture
 def pool(tmp_path: Path) -> Iterator[tuple[str, Path]]:
     with zfs_fuse_pool(tmp_path) as p:
@@ -29,9 +36,7 @@ async def test_datasets_snapshots_clone_promote_rollback_send(
     await zfs.run("create", f"{name}/vm")
     await zfs.run("create", f"{name}/vm/web1")
     img = mnt / "vm/web1/disk0.img"
-    with open(img, "wb") as f:
-        f.truncate(32 << 20)
-        f.write(b"first")
+    _write(img, b"first", size=32 << 20)
 
     # The disk backend finds the dataset that holds the image, by mount point.
     disk = backend_for(FREEBSD, zfs, str(img))
@@ -46,8 +51,7 @@ async def test_datasets_snapshots_clone_promote_rollback_send(
     assert (props["volsize"], props["origin"]) == ("-", "-")
 
     await zfs.snapshot([f"{name}/vm/web1@s1"])
-    with open(img, "r+b") as f:
-        f.write(b"second")
+    _write(img, b"second")
     await zfs.snapshot([f"{name}/vm/web1@s2"])
     assert [s["name"] for s in await zfs.snapshots(f"{name}/vm/web1")] == ["s1", "s2"]
 
@@ -63,8 +67,7 @@ async def test_datasets_snapshots_clone_promote_rollback_send(
     )
 
     # Roll web1 back to s2 after a third write.
-    with open(img, "r+b") as f:
-        f.write(b"third!")
+    _write(img, b"third!")
     await zfs.rollback(f"{name}/vm/web1@s2")
     assert img.read_bytes()[:6] == b"second"
 
