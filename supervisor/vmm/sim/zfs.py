@@ -30,7 +30,7 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 from supervisor.host import Host
-from supervisor.storage.copy import sparse_copy
+from supervisor.storage.copy import data_regions, sparse_copy
 from supervisor.vmm.sim.host import ROOTED
 
 STATE_DIR = "/var/db/bhyvesim/zfs"
@@ -160,10 +160,15 @@ def _copy(src: str, dst: str) -> None:
 
 
 def _overwrite(src: str, dst: str) -> None:
-    """Put *src*'s contents into the existing *dst* in place (bhyve may hold it open)."""
+    """Put *src*'s contents into the existing *dst* in place (bhyve may hold it open),
+    keeping holes."""
     with open(src, "rb") as s, open(dst, "r+b") as d:
+        size = os.fstat(s.fileno()).st_size
         d.truncate(0)
-        shutil.copyfileobj(s, d, 1 << 20)
+        d.truncate(size)
+        for start, length in data_regions(s.fileno(), size):
+            d.seek(start)
+            d.write(os.pread(s.fileno(), length, start))
 
 
 def _opts(argv: list[str], flags: str, valued: str) -> tuple[dict[str, list[str]], list[str]]:
