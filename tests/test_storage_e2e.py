@@ -250,3 +250,8 @@ def test_file_copy_job_progress_cancel_and_pivot(zsim: Sim, tmp_path: Path) -> N
     assert "not in a ZFS dataset" in r.stderr
     r = ctl.run("agent", "f1", "info")
     assert "guest-fsfreeze-freeze" in r.stdout
+
+    # A reboot through the agent: bhyve exits 0 and the supervisor starts it again.
+    zsim.call("domain.reboot", name="f1", agent=True)
+    zsim.wait_for("second boot", lambda: zsim.info("f1")["boot_count"] == 2)
+    zsim.wait_state("f1", "running")
