@@ -85,6 +85,7 @@ def sparse_copy(
             size = os.fstat(sfd).st_size
             done = 0
             began = time.monotonic()
+            zero = bytes(chunk)
             for start, length in data_regions(sfd, size):
                 off = start
                 while off < start + length:
@@ -92,7 +93,7 @@ def sparse_copy(
                     data = os.pread(sfd, min(chunk, start + length - off), off)
                     if not data:
                         break
-                    if data.count(0) == len(data):
+                    if data == (zero if len(data) == chunk else bytes(len(data))):
                         off += len(data)  # a zero block inside "data": keep it a hole
                     else:
                         os.pwrite(dfd, data, off)
