@@ -190,6 +190,24 @@ def test_zvol_guest_through_bhyvesupctl(zsim: Sim, tmp_path: Path) -> None:
     assert copy.read_bytes()[:14] == b"BHYVESIM web1 "
     assert "bhyvesup-copy" not in zfs(zsim, "list", "-H", "-o", "name", "-t", "all", "-r", "zroot")
 
+    # A paced copy cancelled midway leaves neither the new zvol nor its snapshots.
+    with open(zsim.root / f"dev/zvol/{ZVOL}", "r+b") as f:
+        f.seek(1 << 20)
+        f.write(os.urandom(4 << 20))
+    with zsim.client() as c:
+        c.call("events.subscribe")
+        job = c.call(
+            "domain.block_copy", name="web1", disk="vda", dest="/dev/zvol/zroot/vm/c2", bandwidth=1
+        )
+        for note in c.notifications(timeout=20):
+            if note.params.get("type") == "job.progress" and note.params["done"] > 0:
+                assert note.params["total"] >= 4 << 20
+                break
+        assert c.call("job.cancel", id=job["id"])["state"] == "cancelled"
+    left = zfs(zsim, "list", "-H", "-o", "name", "-t", "all", "-r", "zroot")
+    assert "zroot/vm/c2" not in left
+    assert "bhyvesup-copy" not in left
+
     # Revert needs the guest stopped; then the later write is gone.
     zsim.type("web1", "write-disk 32")
     zsim.wait_console("web1", r"wrote 32 KiB")

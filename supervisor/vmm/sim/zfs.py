@@ -23,7 +23,6 @@ import fcntl
 import json
 import os
 import re
-import shutil
 import sys
 import time
 from collections.abc import Iterator, Sequence
@@ -384,14 +383,21 @@ def _send_source(p: _Pool, argv: list[str]) -> tuple[bytes, str]:
 
 
 def _send(pool: _Pool, argv: list[str]) -> None:
-    # The stream is written outside the lock: a receive on this host needs it.
+    # The stream is written outside the lock: a receive on this host needs it. Like a
+    # real send stream it carries the written blocks only: "OFFSET LENGTH" then data.
     with pool.locked():
         head, path = _send_source(pool, argv)
         fd = os.open(path, os.O_RDONLY)  # the snapshot stays readable once open
     out = sys.stdout.buffer
     out.write(head)
-    with open(fd, "rb") as f:
-        shutil.copyfileobj(f, out, 1 << 20)
+    try:
+        for start, length in data_regions(fd, os.fstat(fd).st_size):
+            for off in range(start, start + length, 1 << 20):
+                data = os.pread(fd, min(1 << 20, start + length - off), off)
+                out.write(f"{off} {len(data)}\n".encode() + data)
+    finally:
+        os.close(fd)
+    out.write(b"end\n")
     out.flush()
 
 
@@ -407,11 +413,16 @@ def _receive(pool: _Pool, argv: list[str]) -> None:
     tmp = os.path.join(pool.dir, f"recv.{os.getpid()}")
     try:
         with open(tmp, "wb") as f:
-            while chunk := inp.read(1 << 20):
-                if chunk.count(0) == len(chunk):
-                    f.seek(len(chunk), os.SEEK_CUR)
-                else:
-                    f.write(chunk)
+            while (record := inp.readline()) != b"end\n":
+                try:
+                    offset, length = (int(x) for x in record.split())
+                except ValueError:
+                    raise _Fail("cannot receive: invalid stream (bad record)") from None
+                data = inp.read(length)
+                if len(data) != length:
+                    raise _Fail("cannot receive: stream ended early")
+                f.seek(offset)
+                f.write(data)
             f.truncate(head["volsize"])
         with pool.locked():
             pool.add(target, "volume", volsize=head["volsize"])
