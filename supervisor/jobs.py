@@ -40,6 +40,8 @@ class Job:
     done: int = 0
     total: int = 0
     error: str | None = None
+    #: What done/total count: ``bytes`` for copies, ``steps`` for ZFS operations.
+    unit: str = "bytes"
     result: dict[str, Any] = attrs.field(factory=dict)
     started: float = attrs.field(factory=time.time)
     cancel_scope: trio.CancelScope = attrs.field(factory=trio.CancelScope)
@@ -56,6 +58,7 @@ class Job:
             "state": self.state,
             "done": self.done,
             "total": self.total,
+            "unit": self.unit,
             "error": self.error,
             "result": self.result,
         }
@@ -75,6 +78,7 @@ class Job:
                 guest=self.guest,
                 done=self.done,
                 total=self.total,
+                unit=self.unit,
             )
 
 
@@ -101,9 +105,9 @@ class JobRegistry:
                 return job
         return None
 
-    def start(self, kind: str, guest: str, disk: str, body: JobBody) -> Job:
+    def start(self, kind: str, guest: str, disk: str, body: JobBody, unit: str = "bytes") -> Job:
         """Start *body* as a job; returns at once."""
-        job = Job(next(self._ids), kind, guest, disk, bus=self.bus)
+        job = Job(next(self._ids), kind, guest, disk, unit=unit, bus=self.bus)
         self.jobs[job.id] = job
         self._trim()
 
@@ -119,7 +123,6 @@ class JobRegistry:
             except Exception as e:  # a job's failure must not reach the daemon's nursery
                 log.exception("job_crashed", id=job.id, kind=kind)
                 job.state, job.error = "failed", f"{type(e).__name__}: {e}"
-            job.progress(job.done, force=True)
             self.bus.publish(f"job.{job.state}", **job.info())
             job.finished.set()
 

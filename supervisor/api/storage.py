@@ -314,10 +314,10 @@ def register(reg: Registry, daemon: Daemon) -> None:
         g.domain = domain
         daemon.bus.publish("guest.defined", name=domain.name, replaced=True)
 
-    def start_job(kind: str, g: Guest, disk: str, body: Any) -> dict[str, Any]:
+    def start_job(kind: str, g: Guest, disk: str, body: Any, unit: str = "bytes") -> dict[str, Any]:
         if jobs.active(g.domain.name, disk) is not None:
             raise InvalidStateError(f"disk {disk} of {g.domain.name} already has a job running")
-        return jobs.start(kind, g.domain.name, disk, body).info()
+        return jobs.start(kind, g.domain.name, disk, body, unit).info()
 
     async def copy_file(job: Job, src: str, dst: str, bandwidth: int | None) -> int:
         cancel = threading.Event()
@@ -482,7 +482,7 @@ def register(reg: Registry, daemon: Daemon) -> None:
             job.progress(1, 1, force=True)
             return {"dataset": ds, "former_origin": origin}
 
-        return start_job("pull", g, disk, body)
+        return start_job("pull", g, disk, body, "steps")
 
     @method("domain.block_commit", access="rw")
     async def block_commit(
@@ -512,7 +512,7 @@ def register(reg: Registry, daemon: Daemon) -> None:
             job.progress(1, 1, force=True)
             return {"dataset": ds, "committed": base}
 
-        return start_job("commit", g, disk, body)
+        return start_job("commit", g, disk, body, "steps")
 
     @method("job.list", access="ro")
     async def job_list(ctx: CallContext) -> list[dict[str, Any]]:

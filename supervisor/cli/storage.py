@@ -96,7 +96,7 @@ def cmd_blockpeek(args: argparse.Namespace) -> int:
 def _progress_line(job: dict[str, Any]) -> str:
     total = job.get("total") or 0
     pct = f"{100 * job['done'] / total:5.1f}%" if total else "  ?  "
-    return f"job {job['id']} {job['kind']} {pct} {job['done']}/{total} bytes"
+    return f"job {job['id']} {job['kind']} {pct} {job['done']}/{total} {job.get('unit', 'bytes')}"
 
 
 def _run_job(args: argparse.Namespace, method: str, **params: Any) -> int:
