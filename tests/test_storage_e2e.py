@@ -221,6 +221,18 @@ def test_zvol_guest_through_bhyvesupctl(zsim: Sim, tmp_path: Path) -> None:
     ctl.run("snapshot-delete", "web1", "s1")
     assert ctl.json("snapshot-list", "web1") == []
 
+    # A zvol clone folded into its base: the definition then names the base's device.
+    zfs(zsim, "snapshot", "zroot/vm/web1-copy@gold")
+    zfs(zsim, "clone", "zroot/vm/web1-copy@gold", "zroot/vm/web2-disk0")
+    zsim.call(
+        "domain.define", xml=guest_xml("web2", str(share), disk="/dev/zvol/zroot/vm/web2-disk0")
+    )
+    assert "completed" in ctl.run("blockcommit", "web2", "vda", "--wait").stdout
+    assert "/dev/zvol/zroot/vm/web1-copy" in zsim.call("domain.get_xml", name="web2")["xml"]
+    left = zfs(zsim, "list", "-H", "-o", "name", "-t", "all", "-r", "zroot")
+    assert "web2-disk0" not in left
+    assert (zsim.root / "dev/zvol/zroot/vm/web1-copy").read_bytes()[:14] == b"BHYVESIM web1 "
+
 
 def test_file_copy_job_progress_cancel_and_pivot(zsim: Sim, tmp_path: Path) -> None:
     ctl = Ctl(zsim)

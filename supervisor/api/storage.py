@@ -488,31 +488,84 @@ def register(reg: Registry, daemon: Daemon) -> None:
     async def block_commit(
         ctx: CallContext,
         disk: str,
-        base: str,
+        base: str | None = None,
         name: str | None = None,
         uuid: str | None = None,
     ) -> dict[str, Any]:
-        """Fold the changes made since snapshot *base* into the disk for good: the
-        overlay "changes since @base" is committed by destroying ``@base`` (its blocks
-        are released, the current data stays). The inverse, discarding the changes, is
-        ``domain.snapshot_revert``. A job."""
-        zfsparse.check_snapshot_component(base, "base")
+        """Fold the guest's changes into its base, in ZFS terms. A job.
+
+        With *base* (a snapshot of the disk's own zvol/dataset): the overlay "changes
+        since @base" is committed by destroying ``@base``; the current data stays (the
+        inverse, discarding them, is ``domain.snapshot_revert``).
+
+        Without *base*, the disk must be a clone of ``BASE@snap`` and the guest stopped:
+        ``zfs promote`` the clone, destroy the old base (now the dependent one), rename
+        the clone to the base's name, and point the definition at it. The guest's data
+        then lives under the base's name.
+        """
         g = daemon.lookup(name, uuid)
-        b = backend(g, disk)
+        index, d = find_disk(g.domain, disk)
+        assert d.source is not None
+        b = backend_for(daemon.host, zfs, d.source)
         ds = await b.dataset()
         if ds is None:
             raise UnsupportedError(f"disk: {b.source} is not on ZFS", field="disk")
-        snap = f"{ds}@{base}"
-        if not await zfs.exists(snap):
-            raise InvalidValueError(f"base: {snap} does not exist", field="base")
+        if base is not None:
+            zfsparse.check_snapshot_component(base, "base")
+            snap = f"{ds}@{base}"
+            if not await zfs.exists(snap):
+                raise InvalidValueError(f"base: {snap} does not exist", field="base")
 
-        async def body(job: Job) -> dict[str, Any]:
-            job.progress(0, 1, force=True)
-            await zfs.destroy(snap)
-            job.progress(1, 1, force=True)
-            return {"dataset": ds, "committed": base}
+            async def body(job: Job) -> dict[str, Any]:
+                job.progress(0, 1, force=True)
+                await zfs.destroy(snap)
+                job.progress(1, 1, force=True)
+                return {"dataset": ds, "committed": base}
 
-        return start_job("commit", g, disk, body, "steps")
+            return start_job("commit", g, disk, body, "steps")
+
+        require_stopped(g, "a commit into the base")
+        origin = (await zfs.get([ds], ["origin"]))[ds].get("origin", "-")
+        if origin in ("-", ""):
+            raise InvalidValueError(
+                f"disk: {ds} is not a clone, so it has no base; give base=SNAPSHOT to "
+                "commit the changes since a snapshot",
+                field="disk",
+            )
+        base_ds = origin.split("@", 1)[0]
+        for other in daemon.guests.values():
+            if other is g:
+                continue
+            for od in other.domain.disks:
+                if od.source is None:
+                    continue
+                if await backend_for(daemon.host, zfs, od.source).dataset() == base_ds:
+                    raise InvalidStateError(
+                        f"disk: the base {base_ds} is also used by guest {other.domain.name}",
+                        field="disk",
+                    )
+        old_mnt = await b.mountpoint() if isinstance(b, FileDisk) else None
+
+        async def clone_body(job: Job) -> dict[str, Any]:
+            job.progress(0, 3, force=True)
+            await zfs.promote(ds)
+            job.progress(1, 3, force=True)
+            await zfs.destroy(base_ds, recursive=True)
+            job.progress(2, 3, force=True)
+            await zfs.rename(ds, base_ds)
+            if isinstance(b, ZvolDisk):
+                new_source = zfsparse.volume_path(base_ds)
+            else:
+                assert old_mnt is not None
+                mnt = (await zfs.get([base_ds], ["mountpoint"]))[base_ds]["mountpoint"]
+                new_source = daemon.host.unpath(
+                    os.path.join(mnt, os.path.relpath(b.local_path, old_mnt))
+                )
+            await pivot(g, index, new_source)
+            job.progress(3, 3, force=True)
+            return {"dataset": base_ds, "source": new_source, "former_clone": ds}
+
+        return start_job("commit", g, disk, clone_body, "steps")
 
     @method("job.list", access="ro")
     async def job_list(ctx: CallContext) -> list[dict[str, Any]]:

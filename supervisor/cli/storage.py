@@ -282,9 +282,13 @@ def register(sub: Any) -> None:
     p = verb(sub, "blockpull", cmd_blockpull, "make a cloned zvol/dataset independent (a job)")
     guest_disk(p)
     waitflag(p)
-    p = verb(sub, "blockcommit", cmd_blockcommit, "keep the changes since a snapshot (a job)")
+    p = verb(sub, "blockcommit", cmd_blockcommit, "fold a disk's changes into its base (a job)")
     guest_disk(p)
-    p.add_argument("--base", required=True, metavar="SNAP", help="the snapshot to fold away")
+    p.add_argument(
+        "--base",
+        metavar="SNAP",
+        help="keep the changes since SNAP (default: fold a clone into its origin)",
+    )
     waitflag(p)
     p = verb(sub, "job-list", cmd_job_list, "list block jobs")
     jsonflag(p)

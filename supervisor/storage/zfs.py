@@ -131,7 +131,15 @@ class ZfsCli:
         await self.run("promote", name)
 
     async def rename(self, old: str, new: str) -> None:
-        await self.run("rename", old, new)
+        try:
+            await self.run("rename", old, new)
+        except HostToolError as e:
+            # zfs-fuse cannot rename a mounted filesystem: unmount, rename, mount.
+            if "busy" not in e.stderr:
+                raise
+            await self.run("unmount", "-f", old)
+            await self.run("rename", old, new)
+            await self.run("mount", new)
 
     async def create_volume(self, name: str, size: int, *, sparse: bool = True) -> None:
         await self.run(

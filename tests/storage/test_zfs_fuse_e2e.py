@@ -88,3 +88,28 @@ def test_dataset_disk_snapshot_copy_pull_revert(
     ctl.run("destroy", "d1")
     ctl.run("snapshot-revert", "d1", "s2")
     assert img.read_bytes()[8192:16384] == bytes(8192)
+
+    # Commit a clone into its base: refused while another guest uses the base ...
+    subprocess.run(["zfs", "clone", f"{pool}/vm/d1@s2", f"{pool}/vm/d3"], check=True)
+    sim.call("domain.define", xml=guest_xml("d3", str(share), disk=str(mnt / "vm/d3/disk0.img")))
+    r = ctl.run("blockcommit", "d3", "vda", check=False)
+    assert "also used by guest d1" in r.stderr
+    # ... and done when it is the clone's alone: the data now lives under the base's name.
+    subprocess.run(["zfs", "create", f"{pool}/vm/b0"], check=True)
+    with open(mnt / "vm/b0/disk0.img", "wb") as f:
+        f.write(b"gold")
+    subprocess.run(["zfs", "snapshot", f"{pool}/vm/b0@gold"], check=True)
+    subprocess.run(["zfs", "clone", f"{pool}/vm/b0@gold", f"{pool}/vm/d4"], check=True)
+    with open(mnt / "vm/d4/disk0.img", "r+b") as f:
+        f.write(b"mine")
+    sim.call("domain.define", xml=guest_xml("d4", str(share), disk=str(mnt / "vm/d4/disk0.img")))
+    assert "completed" in ctl.run("blockcommit", "d4", "vda", "--wait").stdout
+    assert str(mnt / "vm/b0/disk0.img") in sim.call("domain.get_xml", name="d4")["xml"]
+    assert (mnt / "vm/b0/disk0.img").read_bytes() == b"mine"
+    names = subprocess.run(
+        ["zfs", "list", "-H", "-o", "name", "-r", f"{pool}/vm"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    assert f"{pool}/vm/d4" not in names
