@@ -18,7 +18,7 @@ import signal
 import socket
 import sys
 import time
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -114,6 +114,11 @@ class Daemon:
         #: Host resources every guest acquires before launch and releases after its
         #: final stop (see :class:`~supervisor.actors.guest.LaunchHook`).
         self.launch_hooks: list[LaunchHook] = [NvramHook(host, config.guests.firmware_dir)]
+
+    def spawn(self, fn: Callable[[], Awaitable[None]]) -> None:
+        """Run *fn* as a task of the daemon (background jobs); it must not raise."""
+        assert self._nursery is not None
+        self._nursery.start_soon(fn)
 
     # -- guests ---------------------------------------------------------------------------
 
@@ -418,13 +423,15 @@ class Daemon:
         _make_dirs(self.host, self.config)
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
+            # The areas register their launch hooks here: before any actor is made or
+            # adopts a guest, so every guest gets all of them.
+            registry = api.build_registry(self)
             domains, problems = self.store.load_all()
             for p in problems:
                 log.error("definition_unreadable", path=p.path, error=p.error)
             for domain in domains.values():
                 await self._add(domain)
             await self.adopt_all()
-            registry = api.build_registry(self)
             d = self.config.daemon
             await nursery.start(
                 lambda task_status: serve_unix(
@@ -549,6 +556,11 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="with --sim: what runs inside the simulated bhyve: the scripted guest "
         "(default) or a real Linux under QEMU (its image is built or reused first)",
     )
+    p.add_argument(
+        "--sim-zfs",
+        metavar="PROGRAM",
+        help="with --sim: a real zfs program (zfs-fuse's) to be the host's zfs",
+    )
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
     p.add_argument("--version", action="version", version=f"bhyvesupd {__version__}")
     return p.parse_args(argv)
@@ -583,7 +595,12 @@ async def _amain(args: argparse.Namespace) -> int:
                 except guestimage.GuestImageError as exc:
                     print(f"bhyvesupd: guest image: {exc}", file=sys.stderr)
                     return 1
-            host = install(root, guest_engine=args.guest_engine, guest_image=image)
+            host = install(
+                root,
+                guest_engine=args.guest_engine,
+                guest_image=image,
+                real_zfs=args.sim_zfs,
+            )
             if config_path is None:
                 config_path = host.path("/usr/local/etc/bhyvesupd.toml")
                 if not os.path.exists(config_path):

@@ -162,7 +162,8 @@ class GuestActor:
         self.paths = paths
         self.bus = bus
         self.plan_factory = plan_factory
-        self.hooks = tuple(hooks)
+        # Not copied: hooks an area registers after the actor was made still apply.
+        self.hooks = hooks
         self.ready_regex = ready_regex
         # Readiness of the current boot: the console offset the boot began at, how far
         # the output has been searched, and the boot found ready.

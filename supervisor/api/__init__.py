@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from supervisor.api import core, guestops
+from supervisor.api import core, guestops, storage
 from supervisor.api.core import guest_info
 from supervisor.rpc.dispatch import Registry
 
@@ -23,6 +23,7 @@ __all__ = ["AREAS", "build_registry", "guest_info"]
 AREAS: tuple[Callable[[Registry, Daemon], None], ...] = (
     core.register,
     guestops.register,
+    storage.register,
 )
 
 

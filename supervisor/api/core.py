@@ -184,10 +184,16 @@ def register(reg: Registry, daemon: Daemon) -> None:
 
     @method("domain.reboot", access="rw")
     async def reboot(
-        ctx: CallContext, name: str | None = None, uuid: str | None = None
+        ctx: CallContext, name: str | None = None, uuid: str | None = None, agent: bool = False
     ) -> dict[str, Any]:
-        """Reboot gracefully: ACPI power button, and restart whatever bhyve's exit."""
+        """Reboot gracefully: ACPI power button, and restart whatever bhyve's exit. With
+        *agent*, the guest agent's ``guest-shutdown reboot`` instead (bhyve exits 0)."""
         g = daemon.lookup(name, uuid)
+        if agent:
+            from supervisor.api.storage import agent_for
+
+            await agent_for(daemon, g).shutdown("reboot")
+            return guest_info(g)
         await _request(g, lc.Reboot())
         return guest_info(g)
 

@@ -19,7 +19,7 @@ from typing import Any, NoReturn
 import attrs
 
 from supervisor import __version__
-from supervisor.cli import control, guestops, offline
+from supervisor.cli import control, guestops, offline, storage
 from supervisor.cli.shell import run_shell
 
 __all__ = ["VERB_GROUPS", "VerbGroup", "build_parser", "execute", "main"]
@@ -52,6 +52,7 @@ VERB_GROUPS: tuple[VerbGroup, ...] = (
         control.run,
     ),
     VerbGroup(guestops.register, guestops.owns, control.run),
+    VerbGroup(storage.register, lambda args: False, control.run),  # runs via control_handler
 )
 
 

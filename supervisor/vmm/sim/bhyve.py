@@ -53,7 +53,7 @@ import threading
 import time
 import traceback
 import tty
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from types import FrameType
 from typing import NoReturn
 
@@ -66,7 +66,7 @@ from supervisor.vmm.bhyveopts import (
     PciDevice,
     parse_bhyve_argv,
 )
-from supervisor.vmm.sim import bsd, guest, hardware, procs
+from supervisor.vmm.sim import agent, bsd, guest, hardware, procs
 from supervisor.vmm.sim.guest import Guest
 from supervisor.vmm.sim.host import ROOTED
 from supervisor.vmm.sim.kernel import (
@@ -88,6 +88,15 @@ _PAGE = 4096
 _PR_SET_NAME = 15
 
 _BLOCK_EMULATIONS = frozenset({"virtio-blk", "nvme", "ahci"})
+
+
+class _BlockWork:
+    """One request for a block device's worker threads."""
+
+    def __init__(self, fn: Callable[[], str]) -> None:
+        self.fn = fn
+        self.result: str | None = None
+        self.done = threading.Event()
 
 
 class _Exit(Exception):
@@ -138,6 +147,11 @@ class _Bhyve:
         self.sockets: list[socket.socket] = []
         self.disks: list[tuple[str, int]] = []
         self.block_threads: list[str] = []
+        #: Work for each block device's worker threads (I/O is counted per thread).
+        self.block_queues: list[queue.SimpleQueue[_BlockWork]] = []
+        self.agent_socket: socket.socket | None = None
+        self.agent_conn: socket.socket | None = None
+        self.shares: list[tuple[str, bool]] = []
         self.guest: Guest | None = None
         self.acpi_enabled = False
         self.exiting = threading.Lock()
@@ -298,6 +312,21 @@ class _Bhyve:
             self._init_lpc(cmd)
         elif dev.emulation == "virtio-console":
             self._init_vtcon(dev)
+        elif dev.emulation == "virtio-9p":
+            self._init_9p(dev)
+
+    def _init_9p(self, dev: PciDevice) -> None:
+        # pci_vt9p_init() opens the shared directory at start-up (before cap_enter).
+        path = dev.options.get("path", "")
+        try:
+            fd = os.open(self.host.path(path), os.O_RDONLY | os.O_DIRECTORY)
+        except OSError as e:
+            code = e.errno or errno.EIO
+            raise self._device_error(
+                f"virtio-9p: cannot open '{path}': {bsd.strerror(code)}", code
+            ) from None
+        self.keep_fds.append(fd)
+        self.shares.append((dev.options.get("sharename", ""), "ro" in dev.options))
 
     def _init_block(self, dev: PciDevice) -> None:
         opts = dev.options
@@ -324,6 +353,7 @@ class _Bhyve:
                 ) from None
             self.disks.append((path, fd))
             self.block_threads.append(thread)
+            self.block_queues.append(queue.SimpleQueue())
 
     def _init_lpc(self, cmd: BhyveCommand) -> None:
         if cmd.bootrom is not None:
@@ -407,6 +437,8 @@ class _Bhyve:
                     f"vtcon: cannot bind socket {path}: {bsd.strerror(code)}", code
                 ) from None
             self.sockets.append(sock)
+            if dev.options.get(key[: -len("path")] + "name") == agent.AGENT_PORT:
+                self.agent_socket = sock
 
     def _activate(self, cmd: BhyveCommand) -> None:
         vcpus = list(range(cmd.cpus))
@@ -423,17 +455,17 @@ class _Bhyve:
             # The RTC starts at host local time, or UTC with -u.
             vm.rtc_offset = 0.0 if cmd.rtc_localtime else time.time() - host_local_seconds()
             vm.stats = {}
-        self.guest = Guest(self.name, boot, acpi_delay=_acpi_delay(cmd))
+        self.guest = Guest(self.name, boot, acpi_delay=_acpi_delay(cmd), shares=tuple(self.shares))
 
     def _start_threads(self, cmd: BhyveCommand) -> None:
         threading.stack_size(256 * 1024)
         for vcpu in range(cmd.cpus):
             self.vcpu_work[vcpu] = queue.SimpleQueue()
             threading.Thread(target=self._vcpu, args=(vcpu,), daemon=True).start()
-        for prefix in self.block_threads:
+        for prefix, work in zip(self.block_threads, self.block_queues, strict=True):
             for n in range(BLOCKIF_THREADS):
                 threading.Thread(
-                    target=self._idle_thread, args=(f"{prefix}-{n}",), daemon=True
+                    target=self._block_thread, args=(f"{prefix}-{n}", work), daemon=True
                 ).start()
 
     def _set_title(self) -> None:
@@ -450,6 +482,57 @@ class _Bhyve:
     def _idle_thread(self, name: str) -> None:
         _set_thread_name(name)
         self.idle.wait()
+
+    def _block_thread(self, name: str, work: queue.SimpleQueue[_BlockWork]) -> None:
+        # The guest's disk I/O runs here, as in blockif's workers, so that the
+        # host's per-thread I/O accounting sees it under the blk-S:F-n name.
+        _set_thread_name(name)
+        while True:
+            item = work.get()
+            try:
+                item.result = item.fn()
+            finally:
+                item.done.set()
+
+    def _on_agent(self, poller: select.poll, fd: int) -> None:
+        # bhyve's vtcon accepts one client per port (an mevent callback, not a
+        # thread); the guest's qemu-ga answers what the client sends.
+        assert self.guest is not None
+        assert self.agent_socket is not None
+        ga = self.guest.agent
+        if fd == self.agent_socket.fileno():
+            try:
+                conn, _ = self.agent_socket.accept()
+            except OSError:
+                return
+            if self.agent_conn is not None:
+                conn.close()  # the port is taken
+                return
+            conn.setblocking(False)
+            self.agent_conn = conn
+            ga.reset_stream()
+            poller.register(conn.fileno(), select.POLLIN)
+            return
+        client = self.agent_conn
+        assert client is not None
+        try:
+            data = client.recv(65536)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if not data:
+            poller.unregister(client.fileno())
+            client.close()
+            self.agent_conn = None
+            return
+        reply = ga.receive(data, time.time_ns())
+        if reply:
+            with contextlib.suppress(OSError):
+                client.sendall(reply)
+        if ga.shutdown is not None:
+            mode, ga.shutdown = ga.shutdown, None
+            self._act([guest.Suspend({"reboot": "reset", "halt": "halt"}.get(mode, "poweroff"))])
 
     def _vcpu(self, vcpu: int) -> None:
         _set_thread_name(f"vcpu {vcpu}")
@@ -499,6 +582,8 @@ class _Bhyve:
         poller.register(bell, select.POLLIN)
         if self.console_in >= 0:
             poller.register(self.console_in, select.POLLIN)
+        if self.agent_socket is not None:
+            poller.register(self.agent_socket.fileno(), select.POLLIN)
         self._act(self.guest.boot())
         # A request that came before the doorbell existed must not be missed.
         self._on_bell(bell)
@@ -515,6 +600,8 @@ class _Bhyve:
                         self._act(self.guest.on_power_button())
                 elif fd == self.console_in:
                     self._on_console(poller, events)
+                else:
+                    self._on_agent(poller, fd)
             now = time.monotonic()
             while self.timers and self.timers[0][0] <= now:
                 _, _, token = heapq.heappop(self.timers)
@@ -576,7 +663,7 @@ class _Bhyve:
             elif isinstance(action, guest.WriteMemory):
                 self._write_memory(action.gpa, action.data)
             elif isinstance(action, guest.WriteDisk):
-                self._act(self.guest.on_disk_written(self._write_disk(action.kib)))
+                self._act(self.guest.on_disk_written(self._disk_io(action.kib, action.read)))
             elif isinstance(action, guest.Spin):
                 work = self.vcpu_work.get(action.vcpu)
                 if work is None:
@@ -601,18 +688,30 @@ class _Bhyve:
             finally:
                 os.close(fd)
 
-    def _write_disk(self, kib: int) -> str:
+    def _disk_io(self, kib: int, read: bool) -> str:
+        verb = "read-disk" if read else "write-disk"
         if not self.disks:
-            return "write-disk: no disk"
+            return f"{verb}: no disk"
         path, fd = self.disks[0]
         block = (f"BHYVESIM {self.name} ".encode() * 64)[:1024]
-        try:
-            for i in range(kib):
-                os.pwrite(fd, block, i * 1024)
-            os.fsync(fd)
-        except OSError as e:
-            return f"write-disk: {path}: {bsd.strerror(e.errno or errno.EIO)}"
-        return f"wrote {kib} KiB to {path}"
+
+        def io() -> str:
+            try:
+                for i in range(kib):
+                    if read:
+                        os.pread(fd, 1024, i * 1024)
+                    else:
+                        os.pwrite(fd, block, i * 1024)
+                if not read:
+                    os.fsync(fd)
+            except OSError as e:
+                return f"{verb}: {path}: {bsd.strerror(e.errno or errno.EIO)}"
+            return f"read {kib} KiB from {path}" if read else f"wrote {kib} KiB to {path}"
+
+        item = _BlockWork(io)
+        self.block_queues[0].put(item)
+        item.done.wait()
+        return str(item.result)
 
     def _guest_suspend(self, how: str) -> None:
         try:

@@ -11,8 +11,7 @@ login-free prompt ``NAME# `` and obeys a few commands::
     abort          an unhandled VM exit → bhyve aborts (SIGABRT)
     ignore-acpi    ignore the power button from now on
     obey-acpi      obey it again (the default)
-    write-disk N   write N KiB to the first disk
-    spin N SECS    keep vCPU N busy for SECS seconds (at most 5): real CPU time
+    "write-disk N read-disk N spin N SECS 9p-tags echo TEXT help"
     echo TEXT      print TEXT
     help           list the commands
 
@@ -28,6 +27,8 @@ no I/O and reads no clock, so it is tested without processes.
 from __future__ import annotations
 
 import attrs
+
+from supervisor.vmm.sim.agent import Agent
 
 #: Seconds from the banner until the guest enables ACPI (writes ACPI_ENABLE to SMI_CMD).
 ACPI_DELAY = 0.2
@@ -81,9 +82,11 @@ class WriteMemory:
 
 @attrs.frozen
 class WriteDisk:
-    """Write *kib* KiB to the first disk; report with :meth:`Guest.on_disk_written`."""
+    """Write *kib* KiB to the first disk; report with :meth:`Guest.on_disk_written`.
+    With *read*, read them instead."""
 
     kib: int
+    read: bool = False
 
 
 @attrs.frozen
@@ -101,7 +104,7 @@ Action = Output | StartTimer | EnableAcpi | Suspend | Abort | WriteMemory | Writ
 
 _HELP = (
     "commands: reboot poweroff halt triple-fault abort ignore-acpi obey-acpi "
-    "write-disk N spin N SECS echo TEXT help"
+    "write-disk N read-disk N spin N SECS 9p-tags echo TEXT help"
 )
 
 _STOPS = {
@@ -127,8 +130,19 @@ class Guest:
             that never enables it (a boot loader, a non-ACPI OS).
     """
 
-    def __init__(self, name: str, boot: int, *, acpi_delay: float | None = ACPI_DELAY) -> None:
+    def __init__(
+        self,
+        name: str,
+        boot: int,
+        *,
+        acpi_delay: float | None = ACPI_DELAY,
+        shares: tuple[tuple[str, bool], ...] = (),
+    ) -> None:
         self.name = name
+        #: The virtio-9p shares: (mount tag, read-only).
+        self.shares = shares
+        #: The guest agent (answers only when bhyve has its virtio-console port).
+        self.agent = Agent()
         self.acpi_delay = acpi_delay
         self.boot_number = boot
         self.acpi_enabled = False
@@ -243,9 +257,13 @@ class Guest:
         if word == "obey-acpi":
             self.obey_acpi = True
             return [Output(_line("ACPI power button will be obeyed") + self.prompt)]
-        if word == "write-disk":
+        if word in ("write-disk", "read-disk"):
             if not rest.isdigit() or int(rest) == 0:
-                return [Output(_line("usage: write-disk N (KiB, N > 0)") + self.prompt)]
+                return [Output(_line(f"usage: {word} N (KiB, N > 0)") + self.prompt)]
+            if word == "read-disk":
+                return [WriteDisk(int(rest), read=True)]
+            if self.agent.frozen:
+                return [Output(_line("write-disk: filesystem is frozen") + self.prompt)]
             return [WriteDisk(int(rest))]
         if word == "spin":
             vcpu, _, secs = rest.partition(" ")
@@ -256,6 +274,11 @@ class Guest:
             if not vcpu.isdigit() or not 0 < seconds <= MAX_SPIN:
                 return [Output(_line("usage: spin VCPU SECONDS (0 < SECONDS <= 5)") + self.prompt)]
             return [Spin(int(vcpu), seconds)]
+        if word == "9p-tags":
+            lines = b"".join(
+                _line(f"{tag}{' (ro)' if ro else ''}") for tag, ro in self.shares
+            ) or _line("no 9p shares")
+            return [Output(lines + self.prompt)]
         if word == "echo":
             return [Output(_line(rest) + self.prompt)]
         if word == "help":

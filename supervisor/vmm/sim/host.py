@@ -23,6 +23,7 @@ TOOLS: dict[str, str] = {
     "kldstat": "supervisor.vmm.sim.kldstat",
     "sysctl": "supervisor.vmm.sim.sysctl",
     "ps": "supervisor.vmm.sim.ps",
+    "zfs": "supervisor.vmm.sim.zfs",
 }
 
 #: Directories of a FreeBSD host that the supervisor and the tools expect.
@@ -118,6 +119,8 @@ def install(
     sysctl: dict[str, SysctlValue | None] | None = None,
     guest_engine: str = "scripted",
     guest_image: GuestImage | None = None,
+    zpools: tuple[str, ...] = ("zroot",),
+    real_zfs: str | None = None,
 ) -> Host:
     """Make *root* a simulated FreeBSD host and return its :class:`Host`.
 
@@ -141,6 +144,9 @@ def install(
         guest_engine: what runs inside the simulated bhyve: ``"scripted"`` or
             ``"qemu"`` (a real Linux, see :mod:`supervisor.vmm.sim.qemu`).
         guest_image: the image the QEMU engine boots (:mod:`supervisor.vmm.sim.guestimage`).
+        zpools: the pools of the simulated ``zfs`` (zvols live under them).
+        real_zfs: a real ``zfs`` program (zfs-fuse's) to install as the host's
+            ``zfs`` instead of the simulated one.
 
     Raises:
         ValueError: a hardware value is invalid (the message names it).
@@ -189,7 +195,13 @@ def install(
         script = _SCRIPT.format(
             python=sys.executable, tool=tool, root=root, path=parent, module=module
         )
+        if tool == "zfs" and real_zfs is not None:
+            script = f'#!/bin/sh\n# The host\'s real zfs.\nexec {real_zfs} "$@"\n'
         _write_if_changed(_inside(root, host.tool(tool)), script.encode(), 0o755)
+    from supervisor.vmm.sim import zfs
+
+    for pool in zpools:
+        zfs.create_pool(root, pool)
     return host
 
 
