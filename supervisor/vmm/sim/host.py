@@ -20,6 +20,12 @@ TOOLS: dict[str, str] = {
     "grub-bhyve": "supervisor.vmm.sim.grub",
     "kldstat": "supervisor.vmm.sim.kldstat",
     "sysctl": "supervisor.vmm.sim.sysctl",
+    "pciconf": "supervisor.vmm.sim.pciconf",
+    "devctl": "supervisor.vmm.sim.devctl",
+    "ifconfig": "supervisor.vmm.sim.ifconfig",
+    "pfctl": "supervisor.vmm.sim.pfctl",
+    "ipfw": "supervisor.vmm.sim.ipfw",
+    "dnsmasq": "supervisor.vmm.sim.dnsmasq",
 }
 
 #: Directories of a FreeBSD host that the supervisor and the tools expect.

@@ -1,0 +1,72 @@
+"""The simulated ``dnsmasq(8)`` of a simulated host: a DHCP server with no network.
+
+The simulated host's bridges exist only in its ifconfig state, so a real dnsmasq could
+not bind to them (the real one is exercised in network namespaces by the tests). This
+stand-in checks what the real one checks before serving: options it knows, a readable
+``--conf-file``, and every ``interface=`` present on the host (else ``dnsmasq: unknown
+interface NAME``, status 2, as with ``bind-interfaces``). Then it writes its
+``--pid-file``, stays in the foreground like ``--keep-in-foreground`` asks, and exits 0
+on SIGTERM. It registers with the simulated host so teardown ends it.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import time
+from collections.abc import Sequence
+from typing import TextIO
+
+from supervisor.vmm.sim import ifconfig, procs
+
+
+def check(root: str, args: Sequence[str], err: TextIO) -> tuple[int, str | None]:
+    """Validate the command line and its configuration; (status, pid file)."""
+    pid_file = None
+    conf = None
+    for arg in args:
+        key, _, value = arg.partition("=")
+        if key == "--conf-file":
+            conf = value
+        elif key == "--pid-file":
+            pid_file = value
+        elif key not in ("--keep-in-foreground", "--no-daemon", "--test", "--log-facility"):
+            err.write(f"dnsmasq: bad command line options: {arg}\n")
+            return 1, None
+    if conf is None:
+        return 0, pid_file
+    try:
+        with open(conf, encoding="utf-8") as f:
+            lines = f.read().splitlines()
+    except OSError as exc:
+        err.write(f"dnsmasq: cannot read {conf}: {exc.strerror}\n")
+        return 3, None
+    present = ifconfig.interfaces(root)
+    for line in lines:
+        key, _, value = line.strip().partition("=")
+        if key == "interface" and value not in present:
+            err.write(f"dnsmasq: unknown interface {value}\n")
+            return 2, None
+    return 0, pid_file
+
+
+def main(root: str, argv: Sequence[str]) -> int:
+    """Entry point of the installed ``/usr/local/sbin/dnsmasq`` of the host at *root*."""
+    status, pid_file = check(root, argv[1:], sys.stderr)
+    if status != 0 or "--test" in argv:
+        if status == 0:
+            sys.stderr.write("dnsmasq: syntax check OK.\n")
+        return status
+    procs.register(root)
+    try:
+        if pid_file:
+            with open(pid_file, "w", encoding="ascii") as f:
+                f.write(f"{os.getpid()}\n")
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+        sys.stderr.write("dnsmasq: started, version 2.90 (simulated)\n")
+        sys.stderr.flush()
+        while True:
+            time.sleep(3600)
+    finally:
+        procs.unregister(root)
