@@ -18,7 +18,9 @@ import time
 from collections.abc import Sequence
 from typing import TextIO
 
+from supervisor.host import Host
 from supervisor.vmm.sim import ifconfig, procs
+from supervisor.vmm.sim.host import ROOTED
 
 
 def check(root: str, args: Sequence[str], err: TextIO) -> tuple[int, str | None]:
@@ -36,8 +38,9 @@ def check(root: str, args: Sequence[str], err: TextIO) -> tuple[int, str | None]
             return 1, None
     if conf is None:
         return 0, pid_file
+    host = Host(root=root, rooted=ROOTED)
     try:
-        with open(conf, encoding="utf-8") as f:
+        with open(host.path(conf), encoding="utf-8") as f:
             lines = f.read().splitlines()
     except OSError as exc:
         err.write(f"dnsmasq: cannot read {conf}: {exc.strerror}\n")
@@ -61,7 +64,7 @@ def main(root: str, argv: Sequence[str]) -> int:
     procs.register(root)
     try:
         if pid_file:
-            with open(pid_file, "w", encoding="ascii") as f:
+            with open(Host(root=root, rooted=ROOTED).path(pid_file), "w", encoding="ascii") as f:
                 f.write(f"{os.getpid()}\n")
         signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
         sys.stderr.write("dnsmasq: started, version 2.90 (simulated)\n")

@@ -8,7 +8,7 @@ import sys
 
 from supervisor import host as host_mod
 from supervisor.host import Host
-from supervisor.vmm.sim import hardware, nmdm, procs
+from supervisor.vmm.sim import dmesg, hardware, nmdm, procs
 from supervisor.vmm.sim.hardware import DEFAULT_KLDS, INTEL, Hardware, SysctlValue
 from supervisor.vmm.sim.kernel import KERNEL_DIR, Kernel
 
@@ -178,6 +178,9 @@ def install(
         path = host.path(f"{host_mod.FIRMWARE_DIR}/{name}")
         if not os.path.exists(path):
             _write_if_changed(_inside(root, path), _firmware_image(name, size), 0o444)
+    _write_if_changed(
+        _inside(root, host.path("/var/run/dmesg.boot")), dmesg.dmesg_boot(hw).encode(), 0o644
+    )
     userboot = host.path("/boot/userboot.so")
     if not os.path.exists(userboot):
         _write_if_changed(_inside(root, userboot), b"\x7fELF userboot (simulated)\n", 0o444)

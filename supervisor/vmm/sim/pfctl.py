@@ -17,7 +17,9 @@ import sys
 from collections.abc import Sequence
 from typing import Any, TextIO
 
+from supervisor.host import Host
 from supervisor.vmm.sim import hardware, state
+from supervisor.vmm.sim.host import ROOTED
 
 DOC = "pf"
 
@@ -173,7 +175,7 @@ def run(root: str, args: Sequence[str], stdin: TextIO, out: TextIO, err: TextIO)
                 text, label = stdin.read(), "stdin"
             else:
                 try:
-                    with open(source, encoding="utf-8") as f:
+                    with open(Host(root=root, rooted=ROOTED).path(source), encoding="utf-8") as f:
                         text = f.read()
                 except OSError as exc:
                     err.write(f"pfctl: {source}: {exc.strerror}\n")
