@@ -41,6 +41,9 @@ from supervisor.errors import (
 )
 from supervisor.events import EventBus
 from supervisor.host import FREEBSD, Host
+from supervisor.netfw.manager import NetworkManager
+from supervisor.netfw.taps import TapHook, guest_alive
+from supervisor.passthru.hook import PassthruHook
 from supervisor.store import DefinitionStore
 from supervisor.vmm import caps as capsmod
 from supervisor.vmm.argv import build_commands
@@ -109,6 +112,12 @@ class Daemon:
         #: Host resources every guest acquires before launch and releases after its
         #: final stop (see :class:`~supervisor.actors.guest.LaunchHook`).
         self.launch_hooks: list[LaunchHook] = []
+        self.networks = NetworkManager(
+            host, config.network, config.guests.run_dir, config.guests.log_dir
+        )
+        self.passthru = PassthruHook(host)
+        self.taps = TapHook(host, config.guests.run_dir, self.networks)
+        self.launch_hooks += [self.passthru, self.taps]
 
     # -- guests ---------------------------------------------------------------------------
 
@@ -133,7 +142,9 @@ class Daemon:
     def _plan(self, name: str) -> LaunchPlan:
         domain = self.guests[name].domain
         map_path = f"{self.paths.run_dir}/{name}.device.map"
-        commands = build_commands(domain, self.caps, device_map_path=map_path)
+        commands = build_commands(
+            domain, self.caps, device_map_path=map_path, taps=self.taps.resolver(name)
+        )
         consoles = domain.console_paths()
         return LaunchPlan(
             loader=commands.loader,
@@ -364,6 +375,8 @@ class Daemon:
             domains, problems = self.store.load_all()
             for p in problems:
                 log.error("definition_unreadable", path=p.path, error=p.error)
+            await self.taps.sweep(lambda n: guest_alive(self.host, self.paths.pid_file(n)))
+            await nursery.start(self.networks.run)
             for domain in domains.values():
                 await self._add(domain)
             registry = api.build_registry(self)
