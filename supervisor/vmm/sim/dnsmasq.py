@@ -5,7 +5,8 @@ not bind to them (the real one is exercised in network namespaces by the tests).
 stand-in checks what the real one checks before serving: options it knows, a readable
 ``--conf-file``, and every ``interface=`` present on the host (else ``dnsmasq: unknown
 interface NAME``, status 2, as with ``bind-interfaces``). Then it writes its
-``--pid-file``, stays in the foreground like ``--keep-in-foreground`` asks, and exits 0
+pid file (``--pid-file`` or ``pid-file=``), stays in the foreground as
+``--keep-in-foreground`` asks, re-reads its ``dhcp-hostsfile`` on SIGHUP and exits 0
 on SIGTERM. It registers with the simulated host so teardown ends it.
 """
 
@@ -51,7 +52,21 @@ def check(root: str, args: Sequence[str], err: TextIO) -> tuple[int, str | None]
         if key == "interface" and value not in present:
             err.write(f"dnsmasq: unknown interface {value}\n")
             return 2, None
+        if key == "pid-file":
+            pid_file = value
     return 0, pid_file
+
+
+def _hosts_files(root: str, args: Sequence[str]) -> list[str]:
+    conf = next((a.partition("=")[2] for a in args if a.startswith("--conf-file=")), None)
+    if conf is None:
+        return []
+    with open(Host(root=root, rooted=ROOTED).path(conf), encoding="utf-8") as f:
+        return [
+            line.strip().partition("=")[2]
+            for line in f
+            if line.strip().startswith("dhcp-hostsfile=")
+        ]
 
 
 def main(root: str, argv: Sequence[str]) -> int:
@@ -67,6 +82,15 @@ def main(root: str, argv: Sequence[str]) -> int:
             with open(Host(root=root, rooted=ROOTED).path(pid_file), "w", encoding="ascii") as f:
                 f.write(f"{os.getpid()}\n")
         signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+        hosts = _hosts_files(root, argv[1:])
+
+        def reread(*_: object) -> None:
+            # SIGHUP: dnsmasq re-reads its dhcp-hostsfile (and says so).
+            for path in hosts:
+                sys.stderr.write(f"dnsmasq-dhcp: read {path}\n")
+            sys.stderr.flush()
+
+        signal.signal(signal.SIGHUP, reread)
         sys.stderr.write("dnsmasq: started, version 2.90 (simulated)\n")
         sys.stderr.flush()
         while True:
