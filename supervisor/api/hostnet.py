@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Literal
 
-from supervisor.errors import InvalidValueError
 from supervisor.hostcheck import checks as hc
 from supervisor.hostcheck.probe import validate
 from supervisor.netfw.network import format_network_xml
@@ -96,28 +95,4 @@ def register(reg: Registry, daemon: Daemon) -> None:
     ) -> list[dict[str, Any]]:
         """Each NIC's addresses from the DHCP leases of its network."""
         g = daemon.lookup(name, uuid)
-        taps = daemon.taps.table.get(g.domain.name, {})
-        out = []
-        for i, nic in enumerate(g.domain.interfaces):
-            if nic.type != "network" or nic.network is None or nic.mac is None:
-                continue
-            if nic.network not in nets.networks:
-                raise InvalidValueError(
-                    f"devices.interface[{i}].source.network: no network {nic.network!r}",
-                    field=f"devices.interface[{i}].source.network",
-                )
-            prefix = nets.networks[nic.network].subnet.prefixlen
-            addrs = [
-                {"type": "ipv4", "addr": x.ip, "prefix": prefix}
-                for x in nets.leases(nic.network)
-                if x.mac == nic.mac
-            ]
-            out.append(
-                {
-                    "name": nic.target_dev or taps.get(str(i)),
-                    "hwaddr": nic.mac,
-                    "network": nic.network,
-                    "addrs": addrs,
-                }
-            )
-        return out
+        return nets.interface_addresses(g.domain, daemon.taps.table.get(g.domain.name, {}))

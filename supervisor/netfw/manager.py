@@ -28,7 +28,8 @@ import os
 import re
 import signal
 import subprocess
-from typing import Any
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
 
 import attrs
 import trio
@@ -48,6 +49,9 @@ from supervisor.netfw import dhcp, rules
 from supervisor.netfw.ifparse import IfInfo, parse_ifconfig
 from supervisor.netfw.network import Network, format_network_xml, parse_network_xml
 from supervisor.vmm.hostexec import resolve_argv, run_tool, tool_env
+
+if TYPE_CHECKING:
+    from supervisor.domain.model import Domain
 
 log = get_logger("bhyvesupd.network")
 
@@ -80,10 +84,20 @@ class NetworkManager:
         host: the host.
         config: the ``[network]`` section.
         run_dir, log_dir: the daemon's runtime and log directories (FreeBSD paths).
+        db_dir: where lease files and static address tables are kept.
     """
 
-    def __init__(self, host: Host, config: NetworkSection, run_dir: str, log_dir: str) -> None:
+    def __init__(
+        self,
+        host: Host,
+        config: NetworkSection,
+        run_dir: str,
+        log_dir: str,
+        *,
+        db_dir: str = DB_DIR,
+    ) -> None:
         self.host = host
+        self.db_dir = db_dir
         self.config = config
         self.run_dir = run_dir
         self.log_dir = log_dir
@@ -101,10 +115,10 @@ class NetworkManager:
         return self.host.path(f"{self.config.networks_dir}/{name}.xml")
 
     def lease_file(self, name: str) -> str:
-        return f"{DB_DIR}/{name}.leases"
+        return f"{self.db_dir}/{name}.leases"
 
     def _static_file(self, name: str) -> str:
-        return f"{DB_DIR}/{name}.static.json"
+        return f"{self.db_dir}/{name}.static.json"
 
     def _hosts_file(self, name: str) -> str:
         return f"{self.run_dir}/net-{name}.hosts"
@@ -248,6 +262,31 @@ class NetworkManager:
         except OSError:
             return []
 
+    def interface_addresses(self, domain: Domain, taps: Mapping[str, str]) -> list[dict[str, Any]]:
+        """Each network NIC of *domain* with the addresses its network's leases give its
+        MAC (libvirt's ``domifaddr --source lease``); *taps* maps NIC index to tap."""
+        out = []
+        for i, nic in enumerate(domain.interfaces):
+            if nic.type != "network" or nic.network is None or nic.mac is None:
+                continue
+            field = f"devices.interface[{i}].source.network"
+            if nic.network not in self.networks:
+                raise InvalidValueError(f"{field}: no network {nic.network!r}", field=field)
+            prefix = self.networks[nic.network].subnet.prefixlen
+            out.append(
+                {
+                    "name": nic.target_dev or taps.get(str(i)),
+                    "hwaddr": nic.mac,
+                    "network": nic.network,
+                    "addrs": [
+                        {"type": "ipv4", "addr": x.ip, "prefix": prefix}
+                        for x in self.leases(nic.network)
+                        if x.mac == nic.mac
+                    ],
+                }
+            )
+        return out
+
     # -- start / stop -----------------------------------------------------------------
 
     async def _ifconfig(self) -> dict[str, IfInfo]:
@@ -365,6 +404,17 @@ class NetworkManager:
 
     # -- dnsmasq ----------------------------------------------------------------------
 
+    def start_dhcp(self, name: str) -> None:
+        """Run (and keep running) the dnsmasq of network *name*; :meth:`start` does this
+        after the bridge and the rules are in place."""
+        self._write_hosts(self.get(name))
+        self._start_dhcp(self.get(name))
+
+    def dhcp_pid(self, name: str) -> int | None:
+        """The pid of network *name*'s dnsmasq while it runs."""
+        d = self._dhcp.get(name)
+        return d.pid if d else None
+
     def _start_dhcp(self, net: Network) -> None:
         if net.name in self._dhcp or (net.dhcp_range is None and not net.hosts):
             return
@@ -377,7 +427,7 @@ class NetworkManager:
             hosts_file=self._hosts_file(net.name),
             pid_file=self._pid_file(net.name),
         )
-        os.makedirs(self.host.path(DB_DIR), exist_ok=True)
+        os.makedirs(self.host.path(self.db_dir), exist_ok=True)
         write_atomic(self.host.path(self._conf_file(net.name)), conf.encode())
         self._nursery.start_soon(self._supervise_dhcp, net, d)
 
@@ -443,13 +493,18 @@ class NetworkManager:
 
     # -- running ----------------------------------------------------------------------
 
-    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Own the dnsmasq tasks; bring back the networks that were active."""
+    async def run(
+        self,
+        *,
+        restore: bool = True,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Own the dnsmasq tasks; bring back the networks that were active (*restore*)."""
         for problem in self.load():
             log.error("network_definition_unreadable", problem=problem)
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
-            for name in self._restore:
+            for name in self._restore if restore else ():
                 try:
                     await self.start(name)
                 except SupervisorError as exc:
