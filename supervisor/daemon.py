@@ -115,7 +115,9 @@ class Daemon:
         self.networks = NetworkManager(
             host, config.network, config.guests.run_dir, config.guests.log_dir
         )
-        self.passthru = PassthruHook(host)
+        self.passthru = PassthruHook(
+            host, lambda n: n in self.guests and self.guests[n].actor.state.active
+        )
         self.taps = TapHook(host, config.guests.run_dir, self.networks)
         self.launch_hooks += [self.passthru, self.taps]
 

@@ -8,6 +8,8 @@ its fact unknown; the checks then say so instead of guessing.
 
 from __future__ import annotations
 
+from typing import Any
+
 import trio
 
 from supervisor.errors import HostToolError, SupervisorError
@@ -56,32 +58,47 @@ async def gather(host: Host, *, firewall: str = "pf", pf_anchor: str = "bhyvesup
     if ostype != "FreeBSD":
         return HostFacts(ostype=ostype)
     forwarding = base.get("net.inet.ip.forwarding")
-    try:
-        vr = await run_tool(host, ["sysctl", "hw.vmm"], timeout=TIMEOUT)
-        vmm = hostparse.parse_vmm_sysctl(vr.stdout if vr.ok else "")
-    except SupervisorError:
-        vmm = hostparse.VmmSysctl({})
-    modules: dict[str, hostparse.KldState] = {}
+    results: dict[str, Any] = {}
     wanted = (*MODULES, "ipfw" if firewall == "ipfw" else "pf")
-    for name in wanted:
-        state = await _module_state(host, name)
-        if state is not None:
-            modules[name] = state
-    pci: tuple[hostparse.PciDevice, ...] | None
-    try:
-        pr = await run_tool(host, hostparse.pciconf_argv(), timeout=TIMEOUT)
-        pci = tuple(hostparse.parse_pciconf(pr.stdout)) if pr.ok else None
-    except SupervisorError:
-        pci = None
-    pf_rules: tuple[str, ...] | None = None
-    if firewall == "pf" and modules.get("pf") is hostparse.KldState.LOADED:
+
+    async def module(name: str) -> None:
+        results[f"kld:{name}"] = await _module_state(host, name)
+
+    async def tool(key: str, argv: list[str]) -> None:
         try:
-            nat = await run_tool(host, ["pfctl", "-sn"], timeout=TIMEOUT)
-            rules = await run_tool(host, ["pfctl", "-sr"], timeout=TIMEOUT)
-            if nat.ok and rules.ok:
-                pf_rules = tuple((nat.stdout + rules.stdout).splitlines())
+            results[key] = await run_tool(host, argv, timeout=TIMEOUT)
         except SupervisorError:
-            pf_rules = None
+            results[key] = None
+
+    # The tools are independent: ask them all at once.
+    async with trio.open_nursery() as nursery:
+        for name in wanted:
+            nursery.start_soon(module, name)
+        nursery.start_soon(tool, "vmm", ["sysctl", "hw.vmm"])
+        nursery.start_soon(tool, "pci", hostparse.pciconf_argv())
+        if firewall == "pf":
+            nursery.start_soon(tool, "pf-nat", ["pfctl", "-sn"])
+            nursery.start_soon(tool, "pf-rules", ["pfctl", "-sr"])
+    modules = {n: results[f"kld:{n}"] for n in wanted if results[f"kld:{n}"] is not None}
+    vr = results["vmm"]
+    vmm = hostparse.parse_vmm_sysctl(vr.stdout if vr is not None and vr.ok else "")
+    pr = results["pci"]
+    pci: tuple[hostparse.PciDevice, ...] | None = None
+    if pr is not None and pr.ok:
+        try:
+            pci = tuple(hostparse.parse_pciconf(pr.stdout))
+        except SupervisorError:
+            pci = None
+    pf_rules: tuple[str, ...] | None = None
+    nat, rules = results.get("pf-nat"), results.get("pf-rules")
+    if (
+        modules.get("pf") is hostparse.KldState.LOADED
+        and nat is not None
+        and rules is not None
+        and nat.ok
+        and rules.ok
+    ):
+        pf_rules = tuple((nat.stdout + rules.stdout).splitlines())
     return HostFacts(
         ostype=ostype,
         osrelease=base.get("kern.osrelease"),

@@ -24,7 +24,6 @@ not running (leftovers of a crash).
 from __future__ import annotations
 
 import json
-import os
 import re
 from collections.abc import Callable, Iterable
 from typing import Protocol
@@ -37,6 +36,7 @@ from supervisor.host import Host
 from supervisor.log import get_logger
 from supervisor.netfw.ifparse import IfInfo, parse_ifconfig
 from supervisor.vmm.hostexec import run_tool
+from supervisor.vmm.platform.procwatch import pid_alive
 
 log = get_logger("bhyvesupd.taps")
 
@@ -82,10 +82,9 @@ def guest_alive(host: Host, pid_file: str) -> bool:
     try:
         with open(host.path(pid_file), encoding="ascii") as f:
             pid = int(f.read().strip())
-        os.kill(pid, 0)
     except (OSError, ValueError):
         return False
-    return True
+    return pid > 0 and pid_alive(pid)
 
 
 class BridgeSource(Protocol):
@@ -212,6 +211,7 @@ class TapHook:
                 await self._run("ifconfig", bridge, "deletem", tap)
         if destroy and tap in ifs:
             await self._run("ifconfig", tap, "destroy")
+            self.seen.discard(tap)
 
     async def after_stop(self, name: str, plan: LaunchPlan) -> None:
         allocated = set(self.taps_of(name))

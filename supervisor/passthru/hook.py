@@ -11,7 +11,7 @@ whenever a hostdev is present and the hook notes in the log that it did.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 from supervisor.actors.guest import LaunchPlan
 from supervisor.domain.model import Domain
@@ -36,8 +36,11 @@ def ppt_fix(selector: str, bsf: str) -> str:
 class PassthruHook:
     """Checks and claims each guest's passthrough devices (a LaunchHook)."""
 
-    def __init__(self, host: Host) -> None:
+    def __init__(self, host: Host, is_active: Callable[[str], bool] | None = None) -> None:
         self.host = host
+        #: Whether a guest still runs; a claim of a guest that stopped is stale (its
+        #: release may not have run yet when the next guest starts).
+        self.is_active = is_active
         #: ``pci0:B:S:F`` → the guest holding it.
         self.claims: dict[str, str] = {}
 
@@ -74,6 +77,8 @@ class PassthruHook:
                     f"{field}: {sel} is {held}, not ppt: {ppt_fix(sel, bsf)}", field=field
                 )
             holder = self.claims.get(sel)
+            if holder is not None and self.is_active is not None and not self.is_active(holder):
+                holder = None
             if holder is not None and holder != name:
                 raise InvalidStateError(
                     f"{field}: {sel} ({dev.name}) is given to running guest {holder!r}",
@@ -91,6 +96,9 @@ class PassthruHook:
             )
 
     async def after_stop(self, name: str, plan: LaunchPlan) -> None:
+        devices = {selector_of(hd.host) for hd in (plan.domain.hostdevs if plan.domain else ())}
         for sel, holder in list(self.claims.items()):
+            if sel not in devices:
+                continue
             if holder == name:
                 del self.claims[sel]
