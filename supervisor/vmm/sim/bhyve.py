@@ -63,7 +63,7 @@ from supervisor.vmm.bhyveopts import (
     PciDevice,
     parse_bhyve_argv,
 )
-from supervisor.vmm.sim import bsd, guest, hardware, procs
+from supervisor.vmm.sim import bsd, guest, hardware, pci, procs
 from supervisor.vmm.sim.guest import Guest
 from supervisor.vmm.sim.host import ROOTED
 from supervisor.vmm.sim.kernel import (
@@ -286,6 +286,10 @@ class _Bhyve:
             self._init_lpc(cmd)
         elif dev.emulation == "virtio-console":
             self._init_vtcon(dev)
+        elif dev.emulation == "passthru":
+            problem = pci.passthru_problem(self.root, dev.options, cmd.wired)
+            if problem is not None:
+                raise self._device_error(problem, errno.EPERM)
 
     def _init_block(self, dev: PciDevice) -> None:
         opts = dev.options

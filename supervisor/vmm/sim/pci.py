@@ -13,7 +13,7 @@ from __future__ import annotations
 import errno
 import getopt
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, TextIO
 
 from supervisor.vmm.sim import bsd, hardware, state
@@ -316,3 +316,24 @@ def main_pciconf(root: str, argv: Sequence[str]) -> int:
 
 def main_devctl(root: str, argv: Sequence[str]) -> int:
     return devctl(root, argv[1:], sys.stdout, sys.stderr)
+
+
+def passthru_problem(root: str, options: Mapping[str, str], wired: bool) -> str | None:
+    """What bhyve's passthru device says when it cannot take the function (or None).
+
+    bhyve requires wired guest memory (``-S``) and a function held by ppt(4)
+    (``vm_assign_pptdev`` fails otherwise).
+    """
+    if not wired:
+        return "passthru requires guest memory to be wired"
+    devs = devices(root)
+    if "pptdev" in options:
+        d = _find(devs, str(options["pptdev"]))
+        where = str(options["pptdev"])
+    else:
+        b, s, f = (int(options.get(k, "0")) for k in ("bus", "slot", "func"))
+        d = next((x for x in devs if (x["bus"], x["slot"], x["function"]) == (b, s, f)), None)
+        where = f"{b}/{s}/{f}"
+    if d is None or d["driver"] != "ppt":
+        return f"PCI device at {where} is not using the ppt(4) driver"
+    return None
