@@ -307,7 +307,8 @@ class NetworkManager:
             )
         return ext
 
-    async def _bridge_up(self, net: Network) -> None:
+    async def _bridge_up(self, net: Network) -> bool:
+        """Create or adopt the bridge; whether it was created now."""
         ifs = await self._ifconfig()
         info = ifs.get(net.bridge)
         if info is None:
@@ -323,7 +324,7 @@ class NetworkManager:
                 ]
             )  # fmt: skip
             log.info("bridge_created", network=net.name, bridge=net.bridge)
-            return
+            return True
         if info.description != bridge_description(net):
             raise HostNotReadyError(
                 f"bridge.name: {net.bridge} exists and is not this network's bridge "
@@ -334,6 +335,7 @@ class NetworkManager:
             await self._run(["ifconfig", net.bridge, "inet", str(net.address), "alias"])
         if not info.up:
             await self._run(["ifconfig", net.bridge, "up"])
+        return False
 
     async def _apply_ipfw(self) -> None:
         nat = [
@@ -354,7 +356,7 @@ class NetworkManager:
         async with self._lock:
             net = self.get(name)
             ext = self._ext_if(net) if net.forward == "nat" else None
-            await self._bridge_up(net)
+            created = await self._bridge_up(net)
             self.active.add(name)
             try:
                 if ext is not None:
@@ -370,6 +372,13 @@ class NetworkManager:
                 self._start_dhcp(net)
             except BaseException:
                 self.active.discard(name)
+                if created:
+                    # Leave the host as it was: a half-started network keeps nothing.
+                    with trio.CancelScope(shield=True):
+                        try:
+                            await self._run(["ifconfig", net.bridge, "destroy"])
+                        except SupervisorError as exc:
+                            log.warning("bridge_not_removed", bridge=net.bridge, error=str(exc))
                 raise
             self._save_state()
             log.info("network_started", network=name, bridge=net.bridge)

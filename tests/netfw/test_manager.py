@@ -10,7 +10,7 @@ import pytest
 import trio
 
 from supervisor.config import NetworkSection
-from supervisor.errors import HostNotReadyError, InvalidStateError
+from supervisor.errors import HostNotReadyError, HostToolError, InvalidStateError
 from supervisor.host import Host
 from supervisor.netfw.manager import NetworkManager
 from supervisor.vmm.hostexec import run_tool
@@ -123,3 +123,17 @@ async def test_nat_needs_an_external_interface(host: Host, nursery: trio.Nursery
     with pytest.raises(HostNotReadyError) as e:
         await m.start("a")
     assert e.value.field == "forward.dev"
+
+
+async def test_a_failed_start_leaves_no_bridge(tmp_path: Path, nursery: trio.Nursery) -> None:
+    root = str(tmp_path / "nopf")
+    host = install(root)  # pf.ko is not loaded
+    try:
+        m = await manager_for(host, nursery)
+        m.define(net_xml("a", "vma0", 30))
+        with pytest.raises(HostToolError, match="/dev/pf"):
+            await m.start("a")
+        assert "vma0" not in ifconfig.interfaces(root)
+        assert m.active == set()
+    finally:
+        teardown(root)
