@@ -25,9 +25,11 @@ class DaemonSection:
     socket: str = _host.SOCKET_PATH
     #: Permission bits of the control socket, as an octal string.
     socket_mode: str = "0660"
-    #: Group owning the socket; its members get read-write access. Empty: root only.
+    #: Group owning the socket (a name or a gid); its members get read-write access.
+    #: Empty: root only.
     socket_group: str = ""
-    #: Members of this group get read-only access.
+    #: Members of this group get read-only access. They must be able to connect: give
+    #: the socket mode 0666 (peer credentials still refuse everyone else).
     readonly_group: str = ""
     log_file: str = f"{_host.LOG_DIR}/bhyvesupd.log"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
@@ -136,6 +138,8 @@ def load_config(path: str | None) -> Config:
 
 
 def _group_exists(name: str) -> bool:
+    if name.isdigit():
+        return True
     try:
         grp.getgrnam(name)
     except KeyError:
@@ -144,9 +148,12 @@ def _group_exists(name: str) -> bool:
 
 
 def group_id(name: str) -> int | None:
-    """The gid of group *name*, or None for the empty name."""
+    """The gid of group *name* (a name, or a number as chown(8) takes it), or None for
+    the empty name."""
     if not name:
         return None
+    if name.isdigit():
+        return int(name)
     return grp.getgrnam(name).gr_gid
 
 

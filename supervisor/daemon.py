@@ -48,10 +48,15 @@ from supervisor.store import DefinitionStore
 from supervisor.vmm import caps as capsmod
 from supervisor.vmm.argv import build_commands
 from supervisor.vmm.hostexec import run_tool
+from supervisor.vmm.nvram import NvramHook
 
 log = logsetup.get_logger("bhyvesupd")
 
 EXAMPLES_DIR = Path(__file__).resolve().parent.parent / "etc" / "examples"
+
+
+#: How long autostart waits for a dependency to be ready before starting anyway.
+DEPENDENCY_WAIT = 120.0
 
 
 def policy_of(domain: Domain) -> lc.Policy:
@@ -111,12 +116,18 @@ class Daemon:
         self.stop_guests_on_exit = config.daemon.on_stop == "shutdown"
         #: Host resources every guest acquires before launch and releases after its
         #: final stop (see :class:`~supervisor.actors.guest.LaunchHook`).
-        self.launch_hooks: list[LaunchHook] = []
+        self.launch_hooks: list[LaunchHook] = [NvramHook(host, config.guests.firmware_dir)]
         self.networks = NetworkManager(
             host, config.network, config.guests.run_dir, config.guests.log_dir
         )
         self.passthru = PassthruHook(
-            host, lambda n: n in self.guests and self.guests[n].actor.state.active
+            host,
+            lambda n: n in self.guests and self.guests[n].actor.state.active,
+            lambda: [
+                (n, g.domain)
+                for n, g in self.guests.items()
+                if g.actor.state in (lc.State.RUNNING, lc.State.STOPPING, lc.State.REBOOTING)
+            ],
         )
         self.taps = TapHook(host, config.guests.run_dir, self.networks)
         self.launch_hooks += [self.passthru, self.taps]
@@ -145,7 +156,11 @@ class Daemon:
         domain = self.guests[name].domain
         map_path = f"{self.paths.run_dir}/{name}.device.map"
         commands = build_commands(
-            domain, self.caps, device_map_path=map_path, taps=self.taps.resolver(name)
+            domain,
+            self.caps,
+            device_map_path=map_path,
+            loader_console=True,
+            taps=self.taps.resolver(name),
         )
         consoles = domain.console_paths()
         return LaunchPlan(
@@ -175,6 +190,7 @@ class Daemon:
             console_log_max=g.console_log_max,
             console_log_keep=g.console_log_keep,
             hooks=self.launch_hooks,
+            ready_regex=domain.policy.ready_console_regex,
         )
 
     async def _add(self, domain: Domain) -> Guest:
@@ -182,11 +198,11 @@ class Daemon:
         guest = Guest(domain, self._make_actor(domain))
         self.guests[domain.name] = guest
 
-        async def run_actor() -> None:
+        async def run_actor(task_status: trio.TaskStatus[None]) -> None:
             with guest.cancel:
-                await guest.actor.run()
+                await guest.actor.run(task_status=task_status)
 
-        self._nursery.start_soon(run_actor)
+        await self._nursery.start(run_actor)
         return guest
 
     async def define(self, xml: str | bytes) -> Guest:
@@ -216,6 +232,7 @@ class Daemon:
         if existing is not None:
             existing.domain = domain
             existing.actor.machine.set_policy(policy_of(domain))
+            existing.actor.ready_regex = domain.policy.ready_console_regex
             self.bus.publish("guest.defined", name=domain.name, replaced=True)
             return existing
         guest = await self._add(domain)
@@ -270,6 +287,7 @@ class Daemon:
             elif guest.domain != domain:
                 guest.domain = domain
                 guest.actor.machine.set_policy(policy_of(domain))
+                guest.actor.ready_regex = domain.policy.ready_console_regex
                 report["changed"].append(name)
             else:
                 report["unchanged"].append(name)
@@ -308,36 +326,79 @@ class Daemon:
                 if dep_guest is None:
                     log.warning("dependency_missing", guest=guest.domain.name, depends_on=dep)
                     continue
-                state = await dep_guest.actor.wait_until(
-                    lambda s: s is lc.State.RUNNING or not s.active, 60.0
+                if not await dep_guest.actor.wait_ready(DEPENDENCY_WAIT):
+                    blocked = dep
+                    break
+            else:
+                blocked = None
+            if blocked is not None:
+                # Starting it anyway would break what depends_on promises.
+                guest.actor.last_error = f"not autostarted: {blocked} is not ready"
+                log.error(
+                    "autostart_blocked",
+                    guest=guest.domain.name,
+                    depends_on=blocked,
+                    state=self.guests[blocked].actor.state.value,
                 )
-                if state is not lc.State.RUNNING:
-                    log.warning(
-                        "dependency_not_running",
-                        guest=guest.domain.name,
-                        depends_on=dep,
-                        state=state.value,
-                    )
+                continue
             await self._start_quietly(guest)
             if guest.domain.policy.start_delay > 0:
                 await trio.sleep(guest.domain.policy.start_delay)
 
+    async def adopt_all(self) -> dict[str, str]:
+        """Take over the guests an earlier daemon left running, and clean the leftovers
+        of those that are gone (see :meth:`GuestActor.adopt`).
+
+        Returns:
+            Each guest's outcome: ``adopted``, ``exited``, ``cleaned`` or ``none``.
+        """
+        outcomes: dict[str, str] = {}
+        limit = trio.CapacityLimiter(16)
+
+        async def adopt(guest: Guest) -> None:
+            async with limit:
+                try:
+                    outcomes[guest.domain.name] = await guest.actor.adopt()
+                except Exception as exc:
+                    # One guest's trouble must not keep the daemon from starting.
+                    outcomes[guest.domain.name] = "failed"
+                    log.exception("adopt_failed", guest=guest.domain.name, error=str(exc))
+
+        async with trio.open_nursery() as nursery:
+            for guest in self.guests.values():
+                nursery.start_soon(adopt, guest)
+        adopted = sorted(n for n, o in outcomes.items() if o == "adopted")
+        if adopted or any(o != "none" for o in outcomes.values()):
+            log.info(
+                "guests_adopted",
+                adopted=adopted,
+                exited=sorted(n for n, o in outcomes.items() if o == "exited"),
+                cleaned=sorted(n for n, o in outcomes.items() if o == "cleaned"),
+            )
+        return outcomes
+
     async def shutdown_all(self, budget: float) -> None:
-        """Shut every running guest down in parallel, forcing what is left at the end of
-        *budget* seconds."""
+        """Shut every running guest down within *budget* seconds, in reverse start order.
+
+        Guests of one ``start_order`` stop together, the highest order first, so a guest
+        is stopped before the ones it was started after (its dependencies). Whatever is
+        still running when the budget is nearly spent is forced off.
+        """
         active = [g for g in self.guests.values() if g.actor.state.active]
         if not active:
             return
         log.info("shutting_down_guests", count=len(active), budget=budget)
-        grace = max(1.0, budget - 10.0)
+        deadline = trio.current_time() + budget
+        # Keep a margin for the forced poweroffs that may follow.
+        force_margin = min(10.0, budget / 4)
 
-        async def stop(guest: Guest) -> None:
+        async def stop(guest: Guest, grace: float) -> None:
             actor = guest.actor
             try:
                 await actor.request(lc.Shutdown(timeout=grace))
             except SupervisorError:
                 pass
-            state = await actor.wait_until(lambda s: not s.active, budget)
+            state = await actor.wait_until(lambda s: not s.active, grace + 1.0)
             if state.active:
                 try:
                     await actor.request(lc.Destroy())
@@ -345,9 +406,15 @@ class Daemon:
                     pass
                 await actor.wait_until(lambda s: not s.active, 5.0)
 
-        async with trio.open_nursery() as nursery:
-            for guest in active:
-                nursery.start_soon(stop, guest)
+        orders = sorted({g.domain.policy.start_order for g in active}, reverse=True)
+        for order in orders:
+            group = [
+                g for g in active if g.domain.policy.start_order == order and g.actor.state.active
+            ]
+            grace = max(1.0, deadline - trio.current_time() - force_margin)
+            async with trio.open_nursery() as nursery:
+                for guest in group:
+                    nursery.start_soon(stop, guest, grace)
 
     def status(self) -> dict[str, Any]:
         states: dict[str, int] = {}
@@ -381,6 +448,7 @@ class Daemon:
             await nursery.start(self.networks.run)
             for domain in domains.values():
                 await self._add(domain)
+            await self.adopt_all()
             registry = api.build_registry(self)
             d = self.config.daemon
             await nursery.start(

@@ -15,6 +15,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -31,14 +32,22 @@ def guest_xml(
     on_crash: str = "destroy",
     policy: str = "",
     vcpus: int = 1,
+    bhyveload: bool = False,
 ) -> str:
+    """A guest with one disk and an nmdm console; UEFI unless *bhyveload*."""
+    loader = (
+        ""
+        if bhyveload
+        else "<loader readonly='yes' type='pflash'>"
+        "/usr/local/share/uefi-firmware/BHYVE_UEFI.fd</loader>"
+    )
     return f"""<domain type='bhyve'>
   <name>{name}</name>
   <memory unit='MiB'>128</memory>
   <vcpu>{vcpus}</vcpu>
   <os>
     <type>hvm</type>
-    <loader readonly='yes' type='pflash'>/usr/local/share/uefi-firmware/BHYVE_UEFI.fd</loader>
+    {loader}
   </os>
   <on_crash>{on_crash}</on_crash>
   <metadata>
@@ -119,35 +128,61 @@ class Sim:
         return self.root / "dev/vmm" / name
 
 
-@pytest.fixture
-def sim(tmp_path: Path) -> Iterator[Sim]:
-    root = tmp_path / "host"
-    log = open(tmp_path / "daemon.out", "wb")  # noqa: SIM115
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "supervisor.daemon", "--sim", str(root), "--no-examples"],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
+def spawn_daemon(root: Path, log_path: Path, *extra: str) -> Sim:
+    """Start bhyvesupd on the simulated host at *root*; return once its socket is up."""
+    with open(log_path, "ab") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "supervisor.daemon", "--sim", str(root), *extra],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
     s = Sim(root, proc)
+    deadline = time.monotonic() + 30
+    # A socket left by a killed daemon does not count: wait for this one's.
+    while not (os.path.exists(s.socket) and _answers(s)):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            raise AssertionError("daemon did not start:\n" + log_path.read_text())
+        time.sleep(0.05)
+    return s
+
+
+def _answers(s: Sim) -> bool:
     try:
-        deadline = time.monotonic() + 30
-        while not os.path.exists(s.socket):
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise AssertionError(
-                    "daemon did not start:\n" + (tmp_path / "daemon.out").read_text()
-                )
-            time.sleep(0.05)
+        s.call("connect.is_alive")
+    except OSError:
+        return False
+    return True
+
+
+def stop_daemon(s: Sim) -> None:
+    """SIGTERM the daemon (it shuts its guests down) and wait for it."""
+    if s.proc.poll() is None:
+        s.proc.send_signal(signal.SIGTERM)
+    try:
+        s.proc.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        s.proc.kill()
+
+
+@contextmanager
+def running_daemon(tmp_path: Path, *extra: str) -> Iterator[Sim]:
+    """bhyvesupd on a new simulated host under *tmp_path*, stopped (SIGTERM) at the end."""
+    root = tmp_path / "host"
+    s = spawn_daemon(root, tmp_path / "daemon.out", *extra)
+    try:
         yield s
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
+        stop_daemon(s)
         from supervisor.vmm.sim import teardown
 
         teardown(str(root))
+
+
+@pytest.fixture
+def sim(tmp_path: Path) -> Iterator[Sim]:
+    with running_daemon(tmp_path, "--no-examples") as s:
+        yield s
 
 
 def test_connect_calls_answer(sim: Sim) -> None:
@@ -287,3 +322,47 @@ def test_errors_name_the_problem(sim: Sim) -> None:
     # The daemon is still fine.
     assert sim.call("connect.get_type") == "BHYVE"
     assert socket.gethostname()
+
+
+def test_bhyveload_guest_runs_its_loader_at_every_boot(sim: Sim) -> None:
+    sim.define("bsd", bhyveload=True)
+    info = sim.call("domain.start", name="bsd")
+    assert info["state"] == "running", info
+    sim.wait_console("bsd", r"bsd# ")
+    sim.type("bsd", "reboot")
+    sim.wait_for("second boot", lambda: sim.info("bsd")["boot_count"] == 2)
+    sim.wait_state("bsd", "running")
+    sim.wait_console("bsd", r"boot 2[\s\S]*bsd# ")
+    # bhyveload ran again before the second bhyve: a reboot re-reads the kernel.
+    log = (sim.root / "var/log/bhyvesupd/bsd.bhyve.log").read_text()
+    runs = re.findall(r"^--- \S+ (\S+)", log, flags=re.M)
+    assert [os.path.basename(r) for r in runs] == ["bhyveload", "bhyve"] * 2, log
+    assert sim.console_text("bsd").count("BHYVESIM loader for bsd") == 2
+
+
+def test_daemon_stop_shuts_guests_down_in_reverse_start_order(tmp_path: Path) -> None:
+    root = tmp_path / "host"
+    s = spawn_daemon(root, tmp_path / "daemon.out", "--no-examples")
+    try:
+        s.define("db", policy="<bhyvesup:start-order>1</bhyvesup:start-order>")
+        s.define("app", policy="<bhyvesup:start-order>2</bhyvesup:start-order>")
+        for name in ("db", "app"):
+            s.call("domain.start", name=name)
+            s.wait_console(name, rf"{name}# ")
+    finally:
+        stop_daemon(s)  # --sim stops shut the guests down
+        from supervisor.vmm.sim import teardown
+
+        teardown(str(root))
+    import json
+
+    events = [
+        (e["event"], e.get("guest"))
+        for e in map(
+            json.loads, (root / "var/log/bhyvesupd/bhyvesupd.log").read_text().split("\n")[:-1]
+        )
+        if e["event"] in ("bhyve_signalled", "bhyve_exited")
+    ]
+    # app (order 2) is asked and gone before db (order 1) is asked.
+    assert events.index(("bhyve_exited", "app")) < events.index(("bhyve_signalled", "db"))
+    assert ("bhyve_exited", "db") in events

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import time
@@ -52,6 +53,7 @@ from supervisor.events import EventBus
 from supervisor.host import Host
 from supervisor.log import get_logger
 from supervisor.vmm.hostexec import resolve_argv, run_tool, tool_env
+from supervisor.vmm.platform import procwatch
 
 if TYPE_CHECKING:
     from supervisor.domain.model import Domain
@@ -134,6 +136,8 @@ class GuestActor:
         console_path: the B side of com1, or None.
         mailbox_size: requests that may wait before callers get "busy".
         hooks: host resources acquired before each launch, released after the final stop.
+        ready_regex: the guest is "ready" once its console prints a match after a boot
+            (``policy.ready_console_regex``); without one, running means ready.
     """
 
     def __init__(
@@ -151,6 +155,7 @@ class GuestActor:
         console_log_max: int = 1 << 20,
         console_log_keep: int = 3,
         hooks: Sequence[LaunchHook] = (),
+        ready_regex: str | None = None,
     ) -> None:
         self.name = name
         self.host = host
@@ -158,6 +163,12 @@ class GuestActor:
         self.bus = bus
         self.plan_factory = plan_factory
         self.hooks = tuple(hooks)
+        self.ready_regex = ready_regex
+        # Readiness of the current boot: the console offset the boot began at, how far
+        # the output has been searched, and the boot found ready.
+        self._boot_mark = 0
+        self._ready_scanned = 0
+        self._ready_boot: int | None = None
         self.machine = lc.Lifecycle(policy=policy)
         self.console: Console | None = None
         if console_path is not None:
@@ -240,7 +251,40 @@ class GuestActor:
             else round(max(0.0, m.backoff_until - now), 3),
             "last_error": self.last_error,
             "console_attached": self.console.attachments if self.console else 0,
+            "ready": self.is_ready(),
         }
+
+    def is_ready(self) -> bool:
+        """Whether the guest is running and, with a readiness pattern, has printed it on
+        its console since it last booted."""
+        m = self.machine
+        if m.state is not lc.State.RUNNING:
+            return False
+        if self.ready_regex is None or self.console is None:
+            return True
+        if self._ready_boot == m.boot_count:
+            return True
+        console = self.console
+        # Search only what is new (plus an overlap for a match across two reads) and
+        # only what this boot printed; the ring keeps the last part of it.
+        start = max(self._boot_mark, self._ready_scanned - 4096)
+        text = console.tail(max(0, console.total - start))
+        self._ready_scanned = console.total
+        if re.search(self.ready_regex, text.decode("utf-8", "replace"), re.MULTILINE):
+            self._ready_boot = m.boot_count
+            return True
+        return False
+
+    async def wait_ready(self, timeout: float) -> bool:
+        """Wait (at most *timeout* s) until :meth:`is_ready`; False if the guest stopped
+        or the time ran out."""
+        with trio.move_on_after(timeout):
+            while not self.is_ready():
+                if not self.state.active:
+                    return False
+                await trio.sleep(0.1)
+            return True
+        return False
 
     # -- the actor -------------------------------------------------------------------------
 
@@ -271,6 +315,122 @@ class GuestActor:
     def close(self) -> None:
         """Stop taking requests; :meth:`run` returns (bhyve, if running, keeps running)."""
         self._mail_send.close()
+
+    # -- adoption ----------------------------------------------------------------------------
+
+    async def adopt(self) -> str:
+        """Take over the guest's bhyve if an earlier daemon left it running.
+
+        Called once, after :meth:`run` has started and before any request. The pid file
+        names the bhyve; it is taken over only when that process is alive, carries the
+        title ``bhyve: NAME`` (a recycled pid belongs to someone else) and
+        ``/dev/vmm/NAME`` exists. A bhyve that ended while no daemon watched is handled
+        by the guest's policy when its exit status is known (as if it had just
+        exited), and otherwise left off. Leftovers of a guest with no living bhyve (the
+        VM, the pid file, sockets, the resources of the launch hooks) are removed.
+
+        Returns:
+            What was found: ``adopted``, ``exited``, ``cleaned`` or ``none``.
+        """
+        assert self._nursery is not None, "adopt() needs the actor running"
+        pid = self._read_pid()
+        saved = self._read_status()
+        if pid is not None and procwatch.pid_alive(pid):
+            title = await procwatch.process_title(self.host, pid)
+            if _is_bhyve_of(title, self.name) and self._vm_exists():
+                await self._take_over(pid, saved)
+                return "adopted"
+            self._log.warning("pid_file_stale", pid=pid, title=title)
+            pid = None
+        if pid is not None:
+            # It ended while nobody watched; the OS may still say how.
+            info = await procwatch.wait_for_exit(self.host, pid)
+            if info.known:
+                self._log.info(
+                    "bhyve_exited_while_away",
+                    pid=pid,
+                    status=lc.ExitStatus(info.code, info.signal).describe(),
+                )
+                self._apply(lc.Adopted(pid=pid, **_history(saved)))
+                self._apply(lc.Exited(lc.ExitStatus(info.code, info.signal), _runtime(saved)))
+                return "exited"
+            self._log.warning("bhyve_gone_without_status", pid=pid)
+        return "cleaned" if await self._clean_leftovers(saved) else "none"
+
+    async def _take_over(self, pid: int, saved: dict[str, Any]) -> None:
+        plan = self._safe_plan()
+        self.last_plan = plan
+        if self.console is not None and not self.console.is_open:
+            await self.console.open()
+        if self.console is not None and not self._console_running:
+            self._console_running = True
+            assert self._nursery is not None
+            self._nursery.start_soon(self._pump_console)
+        self._apply(lc.Adopted(pid=pid, **_history(saved)))
+        assert self._nursery is not None
+        self._nursery.start_soon(self._watch_adopted, pid, time.monotonic() - _runtime(saved))
+        self._write_status()
+        self._log.info("guest_adopted", pid=pid, boot=self.machine.boot_count)
+
+    async def _clean_leftovers(self, saved: dict[str, Any]) -> bool:
+        found: list[str] = []
+        if self._vm_exists():
+            found.append(f"/dev/vmm/{self.name}")
+            await self._bhyvectl("--destroy")
+        pid_file = self.host.path(self.paths.pid_file(self.name))
+        if os.path.exists(pid_file):
+            found.append(self.paths.pid_file(self.name))
+            _unlink(pid_file)
+        plan = self._safe_plan()
+        if plan is not None:
+            for sock in plan.sockets:
+                if os.path.lexists(self.host.path(sock)):
+                    found.append(sock)
+                    _unlink(self.host.path(sock))
+            # Hooks release what a crashed daemon may have left (taps...); they must
+            # be harmless when there is nothing to release.
+            for hook in reversed(self.hooks):
+                try:
+                    await hook.after_stop(self.name, plan)
+                except Exception as exc:
+                    self._log.warning("release_failed", hook=type(hook).__name__, error=str(exc))
+        if found:
+            self._log.info("leftovers_removed", what=found)
+        if saved.get("state") in {s.value for s in lc.State if s.active}:
+            self.machine.reason = "bhyve ended while the daemon was not running (status unknown)"
+            self._publish()
+        return bool(found)
+
+    def _safe_plan(self) -> LaunchPlan | None:
+        try:
+            return self.plan_factory()
+        except SupervisorError as exc:
+            self._log.warning("plan_failed", error=str(exc))
+            return None
+
+    def _read_pid(self) -> int | None:
+        try:
+            with open(self.host.path(self.paths.pid_file(self.name))) as f:
+                text = f.read().strip()
+        except OSError:
+            return None
+        return int(text) if text.isdigit() and int(text) > 0 else None
+
+    def _read_status(self) -> dict[str, Any]:
+        try:
+            with open(self.host.path(self.paths.status_file(self.name))) as f:
+                data = json.load(f)
+        except (OSError, ValueError):
+            return {}
+        return data if isinstance(data, dict) else {}
+
+    async def _watch_adopted(self, pid: int, started: float) -> None:
+        # Not our child: procwatch learns the end (and, where the OS keeps it, the status).
+        info = await procwatch.wait_for_exit(self.host, pid)
+        status = lc.ExitStatus(info.code, info.signal)
+        runtime = time.monotonic() - started
+        self._log.info("bhyve_exited", pid=pid, status=status.describe(), runtime=round(runtime, 3))
+        self._apply(lc.Exited(status, runtime))
 
     # -- applying events ---------------------------------------------------------------------
 
@@ -409,7 +569,11 @@ class GuestActor:
         self._write_pid(proc.pid)
         assert self._nursery is not None
         self._nursery.start_soon(self._watch, proc, started)
+        if self.console is not None:
+            self._boot_mark = self._ready_scanned = self.console.total
         self._apply(lc.Launched(pid=proc.pid))
+        # Again with the new boot count: a later daemon adopting this bhyve reads it.
+        self._write_status()
         self._log.info("guest_started", pid=proc.pid, boot=self.machine.boot_count)
 
     async def _launch_steps(self, plan: LaunchPlan, destroy_first: bool) -> trio.Process | None:
@@ -457,6 +621,7 @@ class GuestActor:
     async def _run_loader(self, argv: tuple[str, ...]) -> lc.ExitStatus:
         out = self._output_file()
         try:
+            _log_header(out, argv)
             self._log.info("loader_started", argv=list(argv))
             proc = await trio.run_process(
                 resolve_argv(self.host, argv),
@@ -474,7 +639,7 @@ class GuestActor:
     async def _spawn(self, argv: tuple[str, ...]) -> trio.Process:
         out = self._output_file()
         try:
-            os.write(out, f"--- {time.strftime('%Y-%m-%dT%H:%M:%S')} {' '.join(argv)}\n".encode())
+            _log_header(out, argv)
             return await trio.lowlevel.open_process(
                 resolve_argv(self.host, argv),
                 stdin=subprocess.DEVNULL,
@@ -545,6 +710,37 @@ class GuestActor:
             )
         except OSError as exc:
             self._log.warning("status_write_failed", error=exc.strerror)
+
+
+def _is_bhyve_of(title: str | None, name: str) -> bool:
+    # "bhyve: web1" (the simulated host), "bhyve: web1 (bhyve)" (FreeBSD's ps -o args);
+    # never "bhyve: web10".
+    if title is None:
+        return False
+    return title == f"bhyve: {name}" or title.startswith(f"bhyve: {name} (")
+
+
+def _history(saved: dict[str, Any]) -> dict[str, Any]:
+    boots = saved.get("boot_count")
+    return {
+        "boot_count": boots if isinstance(boots, int) else 1,
+        "uptime": _runtime(saved),
+    }
+
+
+def _runtime(saved: dict[str, Any]) -> float:
+    # The status file is written at launch with the wall-clock time: how long ago the
+    # guest started, as far as the earlier daemon knew.
+    written = saved.get("written_at")
+    uptime = saved.get("uptime") or 0.0
+    if not isinstance(written, (int, float)) or not isinstance(uptime, (int, float)):
+        return 0.0
+    return max(0.0, time.time() - written + uptime)
+
+
+def _log_header(fd: int, argv: tuple[str, ...]) -> None:
+    # One line per program run, so NAME.bhyve.log tells which run printed what.
+    os.write(fd, f"--- {time.strftime('%Y-%m-%dT%H:%M:%S')} {' '.join(argv)}\n".encode())
 
 
 def _loader_status(status: lc.ExitStatus) -> str:

@@ -246,6 +246,21 @@ class Exited:
 
 
 @attrs.frozen
+class Adopted:
+    """A bhyve left running by an earlier daemon was found and taken over.
+
+    Args:
+        pid: the running bhyve.
+        boot_count: the boots the earlier daemon had counted.
+        uptime: how long it has been running, as far as its records tell.
+    """
+
+    pid: int
+    boot_count: int
+    uptime: float
+
+
+@attrs.frozen
 class TimerFired:
     """A timer armed by :class:`ArmTimer` went off."""
 
@@ -262,6 +277,7 @@ Event = (
     | Launched
     | LaunchFailed
     | Exited
+    | Adopted
     | TimerFired
 )
 
@@ -519,6 +535,15 @@ def _launched(m: Lifecycle, e: Launched, now: float) -> list[Action]:
     return []
 
 
+def _adopted(m: Lifecycle, e: Adopted, now: float) -> list[Action]:
+    m.pid = e.pid
+    m.started_at = now - max(0.0, e.uptime)
+    m.boot_count = max(e.boot_count, 1)
+    m.intent = Intent.NONE
+    m._to(State.RUNNING, "running (adopted after a daemon restart)")
+    return []
+
+
 def _launch_failed(m: Lifecycle, e: LaunchFailed, now: float) -> list[Action]:
     if m.pid is not None:
         return []  # stale: a bhyve is running, so that launch did not fail
@@ -667,6 +692,7 @@ _row((State.BACKOFF,), Destroy, _stop_idle)
 _row((State.BACKOFF,), TimerFired, _backoff_over)
 
 _row((State.STARTING, State.REBOOTING), Launched, _launched)
+_row((State.SHUTOFF,), Adopted, _adopted)
 _row((State.STARTING, State.REBOOTING, State.STOPPING), LaunchFailed, _launch_failed)
 _row((State.STARTING,), Shutdown, _shutdown_starting)
 _row((State.STARTING,), Destroy, _shutdown_starting)

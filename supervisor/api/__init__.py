@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from supervisor.api import core, hostnet
+from supervisor.api import core, guestops, hostnet
 from supervisor.api.core import guest_info
 from supervisor.rpc.dispatch import Registry
 
@@ -20,7 +20,11 @@ if TYPE_CHECKING:
 __all__ = ["AREAS", "build_registry", "guest_info"]
 
 #: Every area's ``register``, in the order their methods are listed.
-AREAS: tuple[Callable[[Registry, Daemon], None], ...] = (core.register, hostnet.register)
+AREAS: tuple[Callable[[Registry, Daemon], None], ...] = (
+    core.register,
+    guestops.register,
+    hostnet.register,
+)
 
 
 def build_registry(daemon: Daemon) -> Registry:

@@ -19,7 +19,7 @@ from typing import Any, NoReturn
 import attrs
 
 from supervisor import __version__
-from supervisor.cli import control, hostnet, offline
+from supervisor.cli import control, guestops, hostnet, offline
 from supervisor.cli.shell import run_shell
 
 __all__ = ["VERB_GROUPS", "VerbGroup", "build_parser", "execute", "main"]
@@ -51,6 +51,7 @@ VERB_GROUPS: tuple[VerbGroup, ...] = (
         lambda args: getattr(args, "control_handler", None) is not None,
         control.run,
     ),
+    VerbGroup(guestops.register, guestops.owns, control.run),
     VerbGroup(hostnet.register, lambda args: False, control.run),
 )
 

@@ -83,7 +83,7 @@ VgaConf: TypeAlias = Literal["io", "on", "off"]
 
 #: The portable guest name rule: bhyve itself allows 229 bytes, but 31 characters of
 #: this set work on every FreeBSD release and in every path the name ends up in.
-NAME_RE = re.compile(r"[A-Za-z0-9._][A-Za-z0-9._-]{0,30}")
+NAME_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,30}")
 _MAC_RE = re.compile(r"[0-9a-f]{2}(:[0-9a-f]{2}){5}")
 #: SATA ports per AHCI controller (bhyve's ahci emulation has 32).
 AHCI_PORTS = 32
@@ -128,6 +128,18 @@ def _check_path(field: str, value: str | None) -> None:
     _no_comma(field, value)
 
 
+def _check_file(field: str, value: str | None) -> None:
+    """A host file the supervisor or bhyve opens: absolute, and no ``..`` in it, so what
+    the definition names is what is opened (bhyve runs in / and as root)."""
+    _check_path(field, value)
+    if value is None:
+        return
+    if not value.startswith("/"):
+        raise _bad(field, f"must be an absolute path, got {value!r}")
+    if ".." in value.split("/"):
+        raise _bad(field, f"must not contain '..', got {value!r}")
+
+
 def _check_range(field: str, value: int, low: int, high: int) -> None:
     if not low <= value <= high:
         raise _bad(field, f"must be in {low}..{high}, got {value}")
@@ -169,7 +181,8 @@ def check_name(value: str) -> None:
     if not NAME_RE.fullmatch(value):
         raise _bad(
             "name",
-            f"must be 1-31 characters of [A-Za-z0-9._-] not starting with '-', got {value!r}",
+            "must be 1-31 characters of [A-Za-z0-9._-] not starting with '-' or '.', "
+            f"got {value!r}",
         )
 
 
@@ -263,7 +276,7 @@ class Disk:
     def __attrs_post_init__(self) -> None:
         if not re.fullmatch(r"[a-z]+[0-9a-z]*", self.target):
             raise _bad("target", f"not a disk target name, got {self.target!r}")
-        _check_path("source", self.source)
+        _check_file("source", self.source)
         if self.source is None and self.device == "disk" and self.type != "volume":
             raise _bad("source", "a disk needs a source path")
         if self.boot_order is not None and self.boot_order < 1:
@@ -372,8 +385,8 @@ class Serial:
     def __attrs_post_init__(self) -> None:
         if self.port is not None:
             _check_range("target.port", self.port, 0, 3)
-        _check_path("source.master", self.master)
-        _check_path("source.slave", self.slave)
+        _check_file("source.master", self.master)
+        _check_file("source.slave", self.slave)
         if self.type == "tcp":
             if not self.host:
                 raise _bad("source.host", "a tcp serial needs a listen address")
@@ -408,7 +421,7 @@ class Channel:
         _check_path("target.name", self.name)
         if "=" in self.name:
             raise _bad("target.name", f"must not contain '=', got {self.name!r}")
-        _check_path("source.path", self.path)
+        _check_file("source.path", self.path)
         if not self.path.startswith("/"):
             raise _bad("source.path", f"must be an absolute path, got {self.path!r}")
 
@@ -529,7 +542,7 @@ class Filesystem:
     address: PciAddress | None = None
 
     def __attrs_post_init__(self) -> None:
-        _check_path("source.dir", self.source)
+        _check_file("source.dir", self.source)
         _check_path("target.dir", self.target)
         if "=" in self.target:
             raise _bad("target.dir", f"must not contain '=', got {self.target!r}")
@@ -652,7 +665,7 @@ class Os:
             raise _bad("os.type.arch", f"bhyve runs x86_64 and aarch64 guests, got {self.arch!r}")
         if self.firmware not in (None, "efi"):
             raise _bad("os.firmware", f"must be 'efi', got {self.firmware!r}")
-        _check_path("os.nvram", self.nvram)
+        _check_file("os.nvram", self.nvram)
         _check_path("os.bootloader", self.bootloader)
 
 

@@ -11,7 +11,7 @@ whenever a hostdev is present and the hook notes in the log that it did.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 
 from supervisor.actors.guest import LaunchPlan
 from supervisor.domain.model import Domain
@@ -36,11 +36,19 @@ def ppt_fix(selector: str, bsf: str) -> str:
 class PassthruHook:
     """Checks and claims each guest's passthrough devices (a LaunchHook)."""
 
-    def __init__(self, host: Host, is_active: Callable[[str], bool] | None = None) -> None:
+    def __init__(
+        self,
+        host: Host,
+        is_active: Callable[[str], bool] | None = None,
+        running: Callable[[], Iterable[tuple[str, Domain]]] | None = None,
+    ) -> None:
         self.host = host
         #: Whether a guest still runs; a claim of a guest that stopped is stale (its
         #: release may not have run yet when the next guest starts).
         self.is_active = is_active
+        #: The guests running now (name, definition): a guest adopted after a daemon
+        #: restart holds its devices without ever having passed through this hook.
+        self.running = running
         #: ``pci0:B:S:F`` → the guest holding it.
         self.claims: dict[str, str] = {}
 
@@ -79,6 +87,15 @@ class PassthruHook:
             holder = self.claims.get(sel)
             if holder is not None and self.is_active is not None and not self.is_active(holder):
                 holder = None
+            if holder is None and self.running is not None:
+                holder = next(
+                    (
+                        other
+                        for other, d in self.running()
+                        if other != name and any(selector_of(h.host) == sel for h in d.hostdevs)
+                    ),
+                    None,
+                )
             if holder is not None and holder != name:
                 raise InvalidStateError(
                     f"{field}: {sel} ({dev.name}) is given to running guest {holder!r}",

@@ -466,6 +466,7 @@ def build_commands(
     device_map_path: str = DEFAULT_DEVICE_MAP,
     taps: TapResolver | None = None,
     vnc_port: VncPortResolver | None = None,
+    loader_console: bool = False,
 ) -> Commands:
     """The loader and bhyve command lines that start *domain*.
 
@@ -477,6 +478,8 @@ def build_commands(
         taps: names the host tap of each bridge/network NIC; by default the NIC's
             ``<target dev>``, which the core assigns at start.
         vnc_port: picks the port of an autoport framebuffer; by default 5900.
+        loader_console: put bhyveload on the guest's com1 (see
+            :func:`~supervisor.vmm.loader.build_loader`).
 
     Raises:
         UnsupportedError: this bhyve (per *caps*) cannot run the guest as described.
@@ -484,7 +487,9 @@ def build_commands(
             missing tap name...).
     """
     bhyve = build_bhyve_argv(domain, caps, taps=taps, vnc_port=vnc_port)
-    loader = build_loader(domain, caps, device_map_path=device_map_path)
+    loader = build_loader(
+        domain, caps, device_map_path=device_map_path, loader_console=loader_console
+    )
     return Commands(
         loader=None if loader is None else loader.argv,
         bhyve=bhyve,

@@ -59,6 +59,7 @@ __all__ = [
     "memmap_argv",
     "memseg_argv",
     "parse_cpu_set",
+    "parse_cpu_sets",
     "parse_humanized",
     "parse_memmap",
     "parse_memseg",
@@ -66,7 +67,9 @@ __all__ = [
     "parse_stats",
     "parse_topology",
     "rtc_argv",
+    "set_rtc_argv",
     "topology_argv",
+    "vcpu_sets_argv",
 ]
 
 #: argv[0] of every command built here.
@@ -211,6 +214,25 @@ def rtc_argv(name: str) -> list[str]:
     return [TOOL, _vm(name), "--get-rtc-time"]
 
 
+def set_rtc_argv(name: str, seconds: int) -> list[str]:
+    """``bhyvectl --vm=NAME --set-rtc-time=SECS --get-rtc-time``.
+
+    The getter runs after the setter in the same invocation, so the output shows the
+    value the RTC took; on 15.x a failed set prints nothing at all (the amd64 part
+    swallows its errors), which is how the caller notices.
+    """
+    if isinstance(seconds, bool) or not isinstance(seconds, int) or not 0 <= seconds < 1 << 63:
+        raise InvalidValueError(
+            f"seconds: must be an integer from 0 to 2**63-1, got {seconds!r}", field="seconds"
+        )
+    return [TOOL, _vm(name), f"--set-rtc-time={seconds}", "--get-rtc-time"]
+
+
+def vcpu_sets_argv(name: str) -> list[str]:
+    """``bhyvectl --vm=NAME --get-active-cpus --get-suspended-cpus`` (one line each)."""
+    return [TOOL, _vm(name), "--get-active-cpus", "--get-suspended-cpus"]
+
+
 def memmap_argv(name: str) -> list[str]:
     """``bhyvectl --vm=NAME --get-memmap``."""
     return [TOOL, _vm(name), "--get-memmap"]
@@ -254,6 +276,29 @@ def parse_cpu_set(text: str) -> frozenset[int]:
         return frozenset(int(part) for part in body.split(","))
     except ValueError:
         raise _unexpected("cpu set", text) from None
+
+
+def parse_cpu_sets(text: str) -> dict[CpuSetKind, frozenset[int]]:
+    """Every set printed by one bhyvectl run (``--get-active-cpus --get-suspended-cpus``),
+    keyed ``active``, ``suspended``, ``debug``; sets not printed are absent.
+
+    Raises:
+        HostToolError: a line is not a cpu-set line.
+    """
+    out: dict[CpuSetKind, frozenset[int]] = {}
+    for line in text.split("\n"):
+        if not line:
+            continue
+        m = _CPUS_RE.fullmatch(line)
+        if m is None:
+            raise _unexpected("cpu set", line)
+        kind: CpuSetKind = "active"
+        if m.group(1) == "suspended":
+            kind = "suspended"
+        elif m.group(1) == "debug":
+            kind = "debug"
+        out[kind] = parse_cpu_set(line)
+    return out
 
 
 _STATS_HEAD_RE: Final = re.compile(r"vcpu(\d+) stats:")

@@ -161,13 +161,21 @@ def _grub(domain: Domain, caps: Capabilities, device_map_path: str) -> LoaderCom
 
 
 def build_loader(
-    domain: Domain, caps: Capabilities = DEFAULT, *, device_map_path: str = DEFAULT_DEVICE_MAP
+    domain: Domain,
+    caps: Capabilities = DEFAULT,
+    *,
+    device_map_path: str = DEFAULT_DEVICE_MAP,
+    loader_console: bool = False,
 ) -> LoaderCommand | None:
     """The loader to run before bhyve, or ``None`` when bhyve boots a bootrom itself.
 
     Args:
         device_map_path: where grub-bhyve's device.map will be written; ``{name}`` is
             replaced by the guest name.
+        loader_console: give the default bhyveload the guest's com1 (``-c`` and the nmdm
+            A side) so its boot menu shows on the guest console, as vm-bhyve does.
+            libvirt leaves bhyveload on its own stdio (the conformance data has no
+            ``-c``), where a daemon-run loader's menu is seen by nobody.
 
     Raises:
         InvalidValueError: no disk to boot, or a custom loader without arguments.
@@ -180,11 +188,14 @@ def build_loader(
         if args is not None:
             return LoaderCommand(argv=(TOOL_PATHS["bhyveload"], *args.split(" ")))
         disk = boot_disk(domain)
+        com1 = [m for com, m, _ in domain.console_paths() if com == 1] if loader_console else []
+        console = ("-c", com1[0]) if com1 else ()
         return LoaderCommand(
             argv=(
                 TOOL_PATHS["bhyveload"],
                 "-m",
                 str(domain.memory_mib),
+                *console,
                 "-d",
                 disk.source or "",
                 domain.name,

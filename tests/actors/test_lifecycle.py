@@ -7,6 +7,7 @@ import signal
 import pytest
 
 from supervisor.actors.lifecycle import (
+    Adopted,
     ArmTimer,
     CancelLaunch,
     CancelTimer,
@@ -291,6 +292,7 @@ OUTCOMES: list[Event] = [
     TimerFired(Timer.STOP),
     TimerFired(Timer.KILL),
     TimerFired(Timer.BACKOFF),
+    Adopted(pid=7, boot_count=3, uptime=60.0),
 ]
 
 
@@ -348,3 +350,20 @@ def test_exit_descriptions() -> None:
     assert CODE(signal=9).describe() == "signal 9 (SIGKILL)"
     assert ExitStatus.from_returncode(-6) == CODE(signal=6)
     assert not ExitStatus().known
+
+
+def test_adoption_takes_over_a_running_bhyve_with_its_history() -> None:
+    m = Lifecycle()
+    assert m.handle(Adopted(pid=4242, boot_count=3, uptime=60.0), 100.0) == []
+    assert (m.state, m.pid, m.boot_count, m.started_at) == (State.RUNNING, 4242, 3, 40.0)
+    assert "adopted" in m.reason
+    # From then on it is an ordinary running guest: a guest reboot restarts it.
+    actions = m.handle(Exited(CODE(code=0), runtime=70.0), 110.0)
+    assert m.state is State.REBOOTING
+    assert any(isinstance(a, Launch) for a in actions)
+
+
+def test_adoption_is_only_for_a_guest_the_daemon_has_not_started() -> None:
+    m = machine_in(State.RUNNING)
+    assert m.handle(Adopted(pid=99, boot_count=1, uptime=1.0), 5.0) == []
+    assert m.pid == 1

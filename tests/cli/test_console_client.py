@@ -50,6 +50,8 @@ class EchoGuest:
             while data := sock.recv(4096):
                 self.received += data
                 sock.sendall(data.upper())
+        except (ConnectionResetError, BrokenPipeError):
+            pass  # the client left while we answered: one way a session ends
         finally:
             self.done.set()
 

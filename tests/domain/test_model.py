@@ -52,11 +52,34 @@ def test_portable_names_are_accepted(name: str) -> None:
     assert Domain(name=name, memory_kib=1024).name == name
 
 
-@pytest.mark.parametrize("name", ["", "-vm", "x" * 32, "a/b", "vm 1", "vé"])
+@pytest.mark.parametrize("name", ["", "-vm", "x" * 32, "a/b", "vm 1", "vé", ".", "..", ".hidden"])
 def test_other_names_are_refused(name: str) -> None:
     with pytest.raises(InvalidValueError) as info:
         Domain(name=name, memory_kib=1024)
     assert info.value.field == "name"
+
+
+@pytest.mark.parametrize(
+    ("source", "problem"),
+    [
+        ("/var/vm/a,b.img", "','"),
+        ("disk0.img", "absolute"),
+        ("-o/etc/passwd", "absolute"),
+        ("/var/vm/../../etc/master.passwd", "'..'"),
+    ],
+)
+def test_disk_paths_that_would_not_open_what_they_say_are_refused(
+    source: str, problem: str
+) -> None:
+    with pytest.raises(InvalidValueError, match=re.escape(problem)) as info:
+        Disk(source=source, target="vda")
+    assert info.value.field == "source"
+
+
+def test_console_paths_must_be_absolute() -> None:
+    with pytest.raises(InvalidValueError) as info:
+        Serial(type="nmdm", master="nmdm0A", slave="/dev/nmdm0B")
+    assert info.value.field == "source.master"
 
 
 def test_two_devices_on_one_slot_are_refused() -> None:

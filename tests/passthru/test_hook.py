@@ -90,3 +90,13 @@ async def test_node_device_names(host: Host) -> None:
         "pci_0000_02_00_0",
         "pci_0000_06_00_0",
     ]
+
+
+async def test_a_device_of_an_adopted_guest_is_held(host: Host) -> None:
+    # After a daemon restart, "a" runs (adopted) without having passed through the hook.
+    running = [("a", plan("a", 6).domain)]
+    hook = PassthruHook(host, running=lambda: [(n, d) for n, d in running if d is not None])
+    with pytest.raises(InvalidStateError, match="given to running guest 'a'"):
+        await hook.before_launch("b", plan("b", 6))
+    running.clear()
+    await hook.before_launch("b", plan("b", 6))

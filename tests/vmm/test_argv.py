@@ -56,6 +56,17 @@ def test_minimal_bhyveload_guest() -> None:
     assert cmds.device_map is None
 
 
+def test_loader_console_puts_bhyveload_on_com1() -> None:
+    # The daemon asks for it so the loader's menu shows on the guest console; the
+    # default (libvirt's argv) leaves bhyveload on its own stdio.
+    assert "-c" not in (build_commands(domain(DISK + NMDM1)).loader or ())
+    cmds = build_commands(domain(DISK + NMDM1), loader_console=True)
+    assert cmds.loader is not None
+    assert cmds.loader[cmds.loader.index("-c") + 1] == "/dev/nmdm-vm1.1A"
+    # Without a com1 console there is nothing to put it on.
+    assert "-c" not in (build_commands(domain(DISK), loader_console=True).loader or ())
+
+
 def test_uefi_guest_has_no_loader_and_lpc_on_slot_1() -> None:
     cmds = build_commands(domain(DISK, os=UEFI))
     assert cmds.loader is None

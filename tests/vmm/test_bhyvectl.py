@@ -394,3 +394,49 @@ def test_sizes_of_the_simulated_bhyvectl_parse_back(size: int) -> None:
     from supervisor.vmm.sim.bhyvectl import humanize
 
     assert ctl.parse_humanized(humanize(size)) == size
+
+
+# --------------------------------------------------------------------------- seed calls
+
+
+def test_rtc_set_and_vcpu_sets_argv() -> None:
+    assert ctl.set_rtc_argv("web1", 1700000000) == [
+        "bhyvectl",
+        "--vm=web1",
+        "--set-rtc-time=1700000000",
+        "--get-rtc-time",
+    ]
+    assert ctl.vcpu_sets_argv("web1") == [
+        "bhyvectl",
+        "--vm=web1",
+        "--get-active-cpus",
+        "--get-suspended-cpus",
+    ]
+    for bad in (-1, 1 << 63, True, "5"):
+        with pytest.raises(InvalidValueError) as e:
+            ctl.set_rtc_argv("web1", bad)  # type: ignore[arg-type]
+        assert e.value.field == "seconds"
+
+
+def test_cpu_sets_of_one_run() -> None:
+    # `--get-active-cpus --get-suspended-cpus` of a 4-vCPU guest that is running, then
+    # after a poweroff request (every vCPU suspended, both sets kept).
+    running = "active cpus:\t 0, 1, 2, 3\nsuspended cpus:\t (none)\n"
+    assert ctl.parse_cpu_sets(running) == {
+        "active": frozenset({0, 1, 2, 3}),
+        "suspended": frozenset(),
+    }
+    stopped = "active cpus:\t 0, 1, 2, 3\nsuspended cpus:\t 0, 1, 2, 3\ndebug cpus:\t 2\n"
+    sets = ctl.parse_cpu_sets(stopped)
+    assert sets["suspended"] == frozenset({0, 1, 2, 3})
+    assert sets["debug"] == frozenset({2})
+    assert ctl.parse_cpu_sets("") == {}
+    with pytest.raises(HostToolError):
+        ctl.parse_cpu_sets("active cpus:\t 0\nerrno = 22\n")
+
+
+def test_rtc_after_set_golden() -> None:
+    # What `--set-rtc-time=0x6650a1f3 --get-rtc-time` prints: only the getter's line (the
+    # date is gmtime of the number; the facts example 14:05:39 does not match its number).
+    assert ctl.parse_rtc_time("rtc time 0x6650a1f3: Fri May 24 14:19:31 2024\n") == 0x6650A1F3
+    assert ctl.parse_rtc_time("rtc time 0: Thu Jan 01 00:00:00 1970\n") == 0

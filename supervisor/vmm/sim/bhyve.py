@@ -39,6 +39,7 @@ import ctypes
 import errno
 import heapq
 import os
+import queue
 import resource
 import select
 import signal
@@ -139,6 +140,8 @@ class _Bhyve:
         self.acpi_enabled = False
         self.exiting = threading.Lock()
         self.idle = threading.Event()
+        #: Work for each vCPU thread: seconds to stay busy (the guest's ``spin``).
+        self.vcpu_work: dict[int, queue.SimpleQueue[float]] = {}
         self.timers: list[tuple[float, int, str]] = []
         self.timer_seq = 0
         self.wake_r, self.wake_w = os.pipe()
@@ -420,6 +423,7 @@ class _Bhyve:
     def _start_threads(self, cmd: BhyveCommand) -> None:
         threading.stack_size(256 * 1024)
         for vcpu in range(cmd.cpus):
+            self.vcpu_work[vcpu] = queue.SimpleQueue()
             threading.Thread(target=self._vcpu, args=(vcpu,), daemon=True).start()
         for prefix in self.block_threads:
             for n in range(BLOCKIF_THREADS):
@@ -444,10 +448,7 @@ class _Bhyve:
 
     def _vcpu(self, vcpu: int) -> None:
         _set_thread_name(f"vcpu {vcpu}")
-        start = time.thread_time()
-        spins = 0
-        while time.thread_time() - start < BOOT_CPU_SECONDS:
-            spins += 1
+        spins = self._burn(BOOT_CPU_SECONDS)
         ran = time.thread_time_ns()
         stats = {
             "vcpu total runtime": ran * 2,  # TSC ticks at a nominal 2 GHz
@@ -459,7 +460,22 @@ class _Bhyve:
         }
         with contextlib.suppress(OSError), self.kernel.update(self.name) as vm:
             vm.stats[str(vcpu)] = {**vm.stats.get(str(vcpu), {}), **stats}
-        self.idle.wait()
+        work = self.vcpu_work[vcpu]
+        while True:
+            self._burn(work.get())
+            ran = time.thread_time_ns()
+            with contextlib.suppress(OSError), self.kernel.update(self.name) as vm:
+                counters = vm.stats.setdefault(str(vcpu), {})
+                counters["vcpu total runtime"] = ran * 2
+
+    @staticmethod
+    def _burn(seconds: float) -> int:
+        """Use *seconds* of this thread's CPU time; returns how many loops that took."""
+        start = time.thread_time()
+        spins = 0
+        while time.thread_time() - start < seconds:
+            spins += 1
+        return spins
 
     def _mevent_guarded(self) -> None:
         try:
@@ -556,6 +572,14 @@ class _Bhyve:
                 self._write_memory(action.gpa, action.data)
             elif isinstance(action, guest.WriteDisk):
                 self._act(self.guest.on_disk_written(self._write_disk(action.kib)))
+            elif isinstance(action, guest.Spin):
+                work = self.vcpu_work.get(action.vcpu)
+                if work is None:
+                    message = f"spin: no vcpu {action.vcpu}"
+                else:
+                    work.put(action.seconds)
+                    message = f"vcpu {action.vcpu} busy for {action.seconds:g} s"
+                self._act(self.guest.on_spin_started(message))
 
     def _console_write(self, data: bytes) -> None:
         if self.console_out < 0:

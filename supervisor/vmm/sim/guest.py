@@ -12,6 +12,7 @@ login-free prompt ``NAME# `` and obeys a few commands::
     ignore-acpi    ignore the power button from now on
     obey-acpi      obey it again (the default)
     write-disk N   write N KiB to the first disk
+    spin N SECS    keep vCPU N busy for SECS seconds (at most 5): real CPU time
     echo TEXT      print TEXT
     help           list the commands
 
@@ -85,11 +86,22 @@ class WriteDisk:
     kib: int
 
 
-Action = Output | StartTimer | EnableAcpi | Suspend | Abort | WriteMemory | WriteDisk
+@attrs.frozen
+class Spin:
+    """Keep vCPU *vcpu* busy for *seconds*; report with :meth:`Guest.on_spin_started`."""
+
+    vcpu: int
+    seconds: float
+
+
+#: The longest ``spin`` a guest accepts, in seconds.
+MAX_SPIN = 5.0
+
+Action = Output | StartTimer | EnableAcpi | Suspend | Abort | WriteMemory | WriteDisk | Spin
 
 _HELP = (
     "commands: reboot poweroff halt triple-fault abort ignore-acpi obey-acpi "
-    "write-disk N echo TEXT help"
+    "write-disk N spin N SECS echo TEXT help"
 )
 
 _STOPS = {
@@ -175,6 +187,10 @@ class Guest:
         """bhyve carried out a :class:`WriteDisk`; *message* says how it went."""
         return [Output(_line(message) + self.prompt)]
 
+    def on_spin_started(self, message: str) -> list[Action]:
+        """bhyve handed a :class:`Spin` to the vCPU (or could not); *message* says which."""
+        return [Output(_line(message) + self.prompt)]
+
     def on_input(self, data: bytes) -> list[Action]:
         """Bytes typed on the console."""
         if self.stopped:
@@ -231,6 +247,15 @@ class Guest:
             if not rest.isdigit() or int(rest) == 0:
                 return [Output(_line("usage: write-disk N (KiB, N > 0)") + self.prompt)]
             return [WriteDisk(int(rest))]
+        if word == "spin":
+            vcpu, _, secs = rest.partition(" ")
+            try:
+                seconds = float(secs)
+            except ValueError:
+                seconds = -1.0
+            if not vcpu.isdigit() or not 0 < seconds <= MAX_SPIN:
+                return [Output(_line("usage: spin VCPU SECONDS (0 < SECONDS <= 5)") + self.prompt)]
+            return [Spin(int(vcpu), seconds)]
         if word == "echo":
             return [Output(_line(rest) + self.prompt)]
         if word == "help":

@@ -20,6 +20,7 @@ TOOLS: dict[str, str] = {
     "grub-bhyve": "supervisor.vmm.sim.grub",
     "kldstat": "supervisor.vmm.sim.kldstat",
     "sysctl": "supervisor.vmm.sim.sysctl",
+    "ps": "supervisor.vmm.sim.ps",
     "pciconf": "supervisor.vmm.sim.pciconf",
     "devctl": "supervisor.vmm.sim.devctl",
     "ifconfig": "supervisor.vmm.sim.ifconfig",

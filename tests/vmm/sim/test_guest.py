@@ -92,3 +92,14 @@ def test_power_button_ignored_on_request() -> None:
 
 def test_nmi_is_reported_on_the_console() -> None:
     assert text(Guest("x", 1).on_nmi(2)) == b"\r\nNMI received on vcpu 2\r\nx# "
+
+
+def test_spin_keeps_a_vcpu_busy() -> None:
+    from supervisor.vmm.sim.guest import Spin
+
+    g = Guest("x", 1)
+    g.boot()
+    assert g.on_input(b"spin 1 0.25\r")[-1] == Spin(1, 0.25)
+    assert text(g.on_spin_started("vcpu 1 busy for 0.25 s")) == b"vcpu 1 busy for 0.25 s\r\nx# "
+    for bad in (b"spin\r", b"spin x 1\r", b"spin 0 0\r", b"spin 0 6\r", b"spin 0 lots\r"):
+        assert b"usage: spin" in text(g.on_input(bad))

@@ -1,0 +1,133 @@
+"""Guests survive the daemon: kill -9 bhyvesupd, start it again, and it takes them over.
+
+The real daemon, the real simulated bhyve processes and their console pairs: a guest
+must keep running across the daemon's death, be re-adopted with its pid, boot count and
+console, and a guest that ended while no daemon watched must be handled by its policy
+with its real exit status.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.test_daemon_e2e import Sim, spawn_daemon, stop_daemon
+
+
+@pytest.fixture
+def host_root(tmp_path: Path) -> Iterator[Path]:
+    root = tmp_path / "host"
+    yield root
+    from supervisor.vmm.sim import teardown
+
+    teardown(str(root))
+
+
+def kill_daemon(s: Sim) -> None:
+    s.proc.send_signal(signal.SIGKILL)
+    s.proc.wait(timeout=10)
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    with open(f"/proc/{pid}/stat") as f:
+        return f.read().split(") ")[1][0] != "Z"
+
+
+def test_running_guests_are_readopted_after_kill_9(tmp_path: Path, host_root: Path) -> None:
+    log = tmp_path / "daemon.out"
+    first = spawn_daemon(host_root, log, "--no-examples")
+    first.define("alpha")
+    first.define("beta", on_crash="restart")
+    first.define("gamma")
+    pids = {}
+    for name in ("alpha", "beta", "gamma"):
+        pids[name] = first.call("domain.start", name=name)["pid"]
+        first.wait_console(name, rf"{name}# ")
+    first.type("alpha", "reboot")
+    first.wait_for("alpha's second boot", lambda: first.info("alpha")["boot_count"] == 2)
+    first.wait_state("alpha", "running")
+    first.wait_console("alpha", r"boot 2[\s\S]*alpha# ")
+    pids["alpha"] = first.info("alpha")["pid"]
+
+    kill_daemon(first)
+    # The guests did not notice.
+    assert all(alive(pid) for pid in pids.values())
+    # While no daemon watches, beta triple-faults and gamma powers off; their consoles
+    # are typed on through the nmdm B side, as `cu -l /dev/nmdm-NAME.1B` would.
+    for name, command in (("beta", "triple-fault"), ("gamma", "poweroff")):
+        fd = os.open(host_root / f"dev/nmdm-{name}.1B", os.O_RDWR | os.O_NOCTTY)
+        try:
+            os.write(fd, command.encode() + b"\r")
+        finally:
+            os.close(fd)
+    deadline = time.monotonic() + 10
+    while (alive(pids["beta"]) or alive(pids["gamma"])) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not alive(pids["beta"])
+    assert not alive(pids["gamma"])
+
+    second = spawn_daemon(host_root, log, "--no-examples")
+    try:
+        a = second.info("alpha")
+        assert (a["state"], a["pid"], a["boot_count"]) == ("running", pids["alpha"], 2)
+        assert "adopted" in a["reason"]
+        # Its console is held and logged again: what the guest prints now reaches it.
+        second.type("alpha", "echo after-readoption")
+        second.wait_console("alpha", "after-readoption")
+        log_text = (host_root / "var/log/bhyvesupd/alpha.console.log").read_text()
+        assert "after-readoption" in log_text
+
+        # beta's triple fault (exit 3) was seen and its on_crash=restart applied.
+        second.wait_for("beta restarted", lambda: second.info("beta")["state"] == "running")
+        b = second.info("beta")
+        assert b["last_exit"]["code"] == 3
+        assert b["recent_crashes"] == 1
+        assert b["pid"] != pids["beta"]
+
+        # gamma powered off (exit 1): off, and its VM and pid file are gone.
+        g = second.info("gamma")
+        assert g["state"] == "shutoff"
+        assert g["last_exit"]["code"] == 1
+        second.wait_for("gamma's VM destroyed", lambda: not second.vmm("gamma").exists())
+        assert not (host_root / "var/run/bhyvesupd/gamma.pid").exists()
+
+        # An adopted guest is an ordinary one: a requested shutdown stops it.
+        second.call("domain.shutdown", name="alpha", wait=True, timeout=10)
+        assert second.info("alpha")["state"] == "shutoff"
+        assert not alive(pids["alpha"])
+    finally:
+        stop_daemon(second)
+
+
+def test_leftovers_without_a_bhyve_are_cleaned(tmp_path: Path, host_root: Path) -> None:
+    log = tmp_path / "daemon.out"
+    first = spawn_daemon(host_root, log, "--no-examples")
+    first.define("delta")
+    pid = first.call("domain.start", name="delta")["pid"]
+    first.wait_console("delta", r"delta# ")
+    kill_daemon(first)
+    # bhyve killed by SIGKILL leaves its VM behind and no exit status at all.
+    os.kill(pid, signal.SIGKILL)
+    while alive(pid):
+        time.sleep(0.02)
+    assert (host_root / "dev/vmm/delta").exists()
+    second = spawn_daemon(host_root, log, "--no-examples")
+    try:
+        second.wait_for("delta's VM removed", lambda: not second.vmm("delta").exists())
+        d = second.info("delta")
+        assert d["state"] == "shutoff"
+        assert "not running" in d["reason"]
+        assert not (host_root / "var/run/bhyvesupd/delta.pid").exists()
+        # And it starts normally again.
+        assert second.call("domain.start", name="delta")["state"] == "running"
+    finally:
+        stop_daemon(second)
