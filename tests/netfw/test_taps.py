@@ -60,12 +60,12 @@ def plan_for(hook: TapHook, name: str, bridges: tuple[str, ...]) -> LaunchPlan:
 
 
 async def test_taps_from_start_to_final_stop(host: Host) -> None:
-    await run_tool(host, ["ifconfig", "bridge0", "create", "up"], check=True)
+    await run_tool(host, ["ifconfig", "bridge1", "create", "up"], check=True)
     await run_tool(host, ["ifconfig", "tap0", "create"], check=True)  # someone else's tap
     hook = TapHook(host, RUN, NoNetworks())
     await hook.sweep(lambda _: False)  # learns the host's interfaces; tap0 is not ours
-    web = plan_for(hook, "web", ("bridge0", "bridge0"))
-    db = plan_for(hook, "db", ("bridge0",))
+    web = plan_for(hook, "web", ("bridge1", "bridge1"))
+    db = plan_for(hook, "db", ("bridge1",))
     assert "virtio-net,tap1" in " ".join(web.bhyve)
     assert "virtio-net,tap2" in " ".join(web.bhyve)
     assert "virtio-net,tap3" in " ".join(db.bhyve)
@@ -73,26 +73,26 @@ async def test_taps_from_start_to_final_stop(host: Host) -> None:
     await hook.before_launch("web", web)
     await hook.before_launch("db", db)
     state = ifconfig.interfaces(host.root)
-    assert state["bridge0"]["members"] == ["tap1", "tap2", "tap3"]
+    assert state["bridge1"]["members"] == ["tap1", "tap2", "tap3"]
     assert state["tap1"]["description"] == "bhyvesupd guest web nic 0"
     assert state["tap1"]["up"]
     # A reboot launches again: nothing changes, nothing fails.
     await hook.before_launch("web", web)
-    assert ifconfig.interfaces(host.root)["bridge0"]["members"] == ["tap1", "tap2", "tap3"]
+    assert ifconfig.interfaces(host.root)["bridge1"]["members"] == ["tap1", "tap2", "tap3"]
 
     # Another daemon (a restart) reads the same names back.
     assert owned_taps(host, RUN, "web") == ("tap1", "tap2")
     again = TapHook(host, RUN, NoNetworks())
-    assert "virtio-net,tap3" in " ".join(plan_for(again, "db", ("bridge0",)).bhyve)
+    assert "virtio-net,tap3" in " ".join(plan_for(again, "db", ("bridge1",)).bhyve)
 
     await hook.after_stop("web", web)
     await hook.after_stop("db", db)
     state = ifconfig.interfaces(host.root)
-    assert set(state) == {"igb0", "lo0", "bridge0", "tap0"}
-    assert state["bridge0"]["members"] == []
+    assert set(state) == {"igb0", "lo0", "bridge0", "bridge1", "tap0"}
+    assert state["bridge1"]["members"] == []
     # The bridge stayed up through the first addm and the last deletem.
-    assert state["bridge0"]["up"]
-    assert state["bridge0"]["link_changes"] == 1
+    assert state["bridge1"]["up"]
+    assert state["bridge1"]["link_changes"] == 1
     assert owned_taps(host, RUN, "web") == ()
 
 
@@ -106,15 +106,15 @@ async def test_a_missing_bridge_stops_the_launch_with_the_fix(host: Host) -> Non
 
 
 async def test_sweep_removes_leftovers_of_dead_guests_only(host: Host) -> None:
-    await run_tool(host, ["ifconfig", "bridge0", "create", "up"], check=True)
+    await run_tool(host, ["ifconfig", "bridge1", "create", "up"], check=True)
     hook = TapHook(host, RUN, NoNetworks())
     for name in ("alive", "dead"):
-        await hook.before_launch(name, plan_for(hook, name, ("bridge0",)))
+        await hook.before_launch(name, plan_for(hook, name, ("bridge1",)))
     # The daemon dies (kill -9); a new one starts and sweeps.
     fresh = TapHook(host, RUN, NoNetworks())
     removed = await fresh.sweep(lambda guest: guest == "alive")
     assert removed == ["tap1"]
     state = ifconfig.interfaces(host.root)
-    assert state["bridge0"]["members"] == ["tap0"]
+    assert state["bridge1"]["members"] == ["tap0"]
     assert owned_taps(host, RUN, "alive") == ("tap0",)
     assert owned_taps(host, RUN, "dead") == ()

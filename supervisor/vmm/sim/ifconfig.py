@@ -76,12 +76,16 @@ def _mac(name: str) -> str:
 
 
 def default_doc() -> dict[str, Any]:
-    """A host with its physical NIC (``igb0``, a documentation address) and ``lo0``."""
+    """A typical bhyve host: its physical NIC (``igb0``, a documentation address),
+    ``lo0``, and the switch guests join, ``bridge0`` with igb0 as a member (rc.conf
+    ``cloned_interfaces="bridge0"``, ``ifconfig_bridge0="addm igb0 up"``)."""
     igb0 = _iface("igb0", "ether", up=True)
     igb0["inet"] = [["192.0.2.10", 24]]
     lo0 = _iface("lo0", "loop", up=True)
     lo0["inet"] = [["127.0.0.1", 8]]
-    return {"interfaces": {"igb0": igb0, "lo0": lo0}}
+    bridge0 = _iface("bridge0", "bridge", up=True)
+    bridge0["members"] = ["igb0"]
+    return {"interfaces": {"igb0": igb0, "lo0": lo0, "bridge0": bridge0}}
 
 
 def interfaces(root: str) -> dict[str, dict[str, Any]]:

@@ -62,35 +62,36 @@ def test_ppt_needs_vmm(tmp_path: Path) -> None:
 
 def test_ifconfig_bridge_and_taps(tmp_path: Path) -> None:
     root = _root(tmp_path)
-    assert run(ifconfig.run, root, "bridge", "create")[1] == "bridge0\n"
+    assert run(ifconfig.run, root, "bridge", "create")[1] == "bridge1\n"
     assert run(ifconfig.run, root, "tap", "create")[1] == "tap0\n"
-    assert run(ifconfig.run, root, "bridge0", "inet", "10.0.0.1/24", "up")[0] == 0
+    assert run(ifconfig.run, root, "bridge1", "inet", "10.0.0.1/24", "up")[0] == 0
     assert run(ifconfig.run, root, "tap0", "description", "bhyvesupd guest a nic 0", "up")[0] == 0
-    assert run(ifconfig.run, root, "bridge0", "addm", "tap0")[0] == 0
-    status, _, err = run(ifconfig.run, root, "bridge0", "addm", "tap0")
+    assert run(ifconfig.run, root, "bridge1", "addm", "tap0")[0] == 0
+    status, _, err = run(ifconfig.run, root, "bridge1", "addm", "tap0")
     assert (status, err) == (1, "ifconfig: BRDGADD tap0: File exists\n")
-    status, _, err = run(ifconfig.run, root, "bridge0", "addm", "tap7")
+    status, _, err = run(ifconfig.run, root, "bridge1", "addm", "tap7")
     assert (status, err) == (1, "ifconfig: BRDGADD tap7: No such file or directory\n")
     status, _, err = run(ifconfig.run, root, "tap0", "create")
     assert (status, err) == (1, "ifconfig: SIOCIFCREATE2 (tap0): File exists\n")
     ifs = parse_ifconfig(run(ifconfig.run, root)[1])
-    assert list(ifs) == ["igb0", "lo0", "bridge0", "tap0"]
-    assert ifs["bridge0"].members == ("tap0",)
-    assert ifs["bridge0"].inet == ("10.0.0.1",)
+    assert list(ifs) == ["igb0", "lo0", "bridge0", "bridge1", "tap0"]
+    assert ifs["bridge0"].members == ("igb0",)
+    assert ifs["bridge1"].members == ("tap0",)
+    assert ifs["bridge1"].inet == ("10.0.0.1",)
     assert ifs["tap0"].description == "bhyvesupd guest a nic 0"
     assert {"UP", "PROMISC"} <= ifs["tap0"].flags
-    text = run(ifconfig.run, root, "bridge0")[1]
-    assert text.startswith("bridge0: flags=1008843<UP,BROADCAST,RUNNING,SIMPLEX,MULTICAST,")
+    text = run(ifconfig.run, root, "bridge1")[1]
+    assert text.startswith("bridge1: flags=1008843<UP,BROADCAST,RUNNING,SIMPLEX,MULTICAST,")
     assert "\tinet 10.0.0.1 netmask 0xffffff00 broadcast 10.0.0.255\n" in text
     assert "\tmember: tap0 flags=143<LEARNING,DISCOVER,AUTOEDGE,AUTOPTP>\n" in text
     # Removing the last member leaves the bridge up, and it never went down.
-    assert run(ifconfig.run, root, "bridge0", "deletem", "tap0")[0] == 0
+    assert run(ifconfig.run, root, "bridge1", "deletem", "tap0")[0] == 0
     assert run(ifconfig.run, root, "tap0", "destroy")[0] == 0
     state = ifconfig.interfaces(root)
     assert "tap0" not in state
-    assert state["bridge0"]["up"]
-    assert state["bridge0"]["link_changes"] == 1  # the one "up"
-    assert run(ifconfig.run, root, "-l")[1] == "igb0 lo0 bridge0\n"
+    assert state["bridge1"]["up"]
+    assert state["bridge1"]["link_changes"] == 1  # the one "up"
+    assert run(ifconfig.run, root, "-l")[1] == "igb0 lo0 bridge0 bridge1\n"
     status, _, err = run(ifconfig.run, root, "tap0", "destroy")
     assert (status, err) == (1, "ifconfig: interface tap0 does not exist\n")
 
@@ -98,7 +99,7 @@ def test_ifconfig_bridge_and_taps(tmp_path: Path) -> None:
 def test_ifconfig_rename(tmp_path: Path) -> None:
     root = _root(tmp_path)
     run(ifconfig.run, root, "bridge", "create")
-    assert run(ifconfig.run, root, "bridge0", "name", "vmnat0")[1] == "vmnat0\n"
+    assert run(ifconfig.run, root, "bridge1", "name", "vmnat0")[1] == "vmnat0\n"
     assert "vmnat0" in parse_ifconfig(run(ifconfig.run, root)[1])
 
 
