@@ -34,9 +34,9 @@ from supervisor.rpc.errors import DaemonNotRunningError
 
 def _table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     cells = [[str(c) if c is not None else "-" for c in r] for r in rows]
-    widths = [max(len(h), *(len(r[i]) for r in cells)) for i, h in enumerate(header)]
-    lines = [" ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)).rstrip()]
-    lines.append("-" * len(lines[0]))
+    widths = [max([len(h), *(len(r[i]) for r in cells)]) for i, h in enumerate(header)]
+    head = " ".join(h.ljust(w) for h, w in zip(header, widths, strict=True))
+    lines = [head.rstrip(), "-" * len(head)]
     for r in cells:
         lines.append(" ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
     return "\n".join(lines)
