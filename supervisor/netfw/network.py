@@ -29,7 +29,7 @@ from __future__ import annotations
 import ipaddress
 import re
 from typing import Literal
-from xml.sax.saxutils import quoteattr
+from xml.sax.saxutils import escape
 
 import attrs
 from lxml import etree
@@ -42,6 +42,7 @@ NS = "urn:bhyve-supervisor:network:1"
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 #: FreeBSD interface names: IFNAMSIZ is 16 with the NUL.
 _IFNAME_RE = re.compile(r"[A-Za-z][A-Za-z0-9_.-]{0,14}")
+_UUID_RE = re.compile(r"[0-9a-fA-F]{8}-?([0-9a-fA-F]{4}-?){3}[0-9a-fA-F]{12}")
 _MAC_RE = re.compile(r"[0-9a-f]{2}(:[0-9a-f]{2}){5}")
 
 
@@ -96,6 +97,8 @@ class Network:
         if not _NAME_RE.fullmatch(self.name):
             raise _bad("name", f"use letters, digits, '_', '.', '-', got {self.name!r}")
         check_ifname("bridge.name", self.bridge)
+        if self.uuid is not None and not _UUID_RE.fullmatch(self.uuid):
+            raise _bad("uuid", f"not a UUID, got {self.uuid!r}")
         if self.forward_dev is not None:
             check_ifname("forward.dev", self.forward_dev)
         net = self.subnet
@@ -246,7 +249,10 @@ def parse_network_xml(data: bytes | str) -> Network:
 
 def format_network_xml(net: Network) -> str:
     """The libvirt network XML of *net* (reads back to an equal :class:`Network`)."""
-    q = quoteattr
+    def q(value: str) -> str:
+        # Single-quoted like the rest of the document.
+        return "'" + escape(value, {"'": "&apos;", '"': "&quot;"}) + "'"
+
     lines = ["<network>", f"  <name>{net.name}</name>"]
     if net.uuid:
         lines.append(f"  <uuid>{net.uuid}</uuid>")
