@@ -249,6 +249,7 @@ def parse_network_xml(data: bytes | str) -> Network:
 
 def format_network_xml(net: Network) -> str:
     """The libvirt network XML of *net* (reads back to an equal :class:`Network`)."""
+
     def q(value: str) -> str:
         # Single-quoted like the rest of the document.
         return "'" + escape(value, {"'": "&apos;", '"': "&quot;"}) + "'"
