@@ -57,9 +57,29 @@ class GuestsSection:
 
 
 @attrs.frozen
+class NetworkSection:
+    #: Where NAT network definitions (libvirt network XML) are kept.
+    networks_dir: str = _host.NETWORKS_DIR
+    #: The firewall that does NAT for networks: ``pf`` (rules in an anchor of the
+    #: daemon's own) or ``ipfw`` (in-kernel NAT, rules in a set of the daemon's own).
+    firewall: Literal["pf", "ipfw"] = "pf"
+    #: The pf anchor the daemon loads its rules under (one sub-anchor per network);
+    #: pf.conf calls it with ``nat-anchor``/``rdr-anchor``/``anchor "NAME/*"``.
+    pf_anchor: str = "bhyvesupd"
+    #: ipfw: the rule set holding the daemon's rules, and the first rule number and NAT
+    #: instance it uses (each network takes the next ten rule numbers and one instance).
+    ipfw_set: int = 7
+    ipfw_rule_base: int = 10000
+    ipfw_nat_base: int = 100
+    #: The interface NAT goes out of when a network's ``<forward dev=...>`` names none.
+    external_interface: str = ""
+
+
+@attrs.frozen
 class Config:
     daemon: DaemonSection = attrs.field(factory=DaemonSection)
     guests: GuestsSection = attrs.field(factory=GuestsSection)
+    network: NetworkSection = attrs.field(factory=NetworkSection)
 
     @property
     def socket_mode(self) -> int:

@@ -41,6 +41,9 @@ from supervisor.errors import (
 )
 from supervisor.events import EventBus
 from supervisor.host import FREEBSD, Host
+from supervisor.netfw.manager import NetworkManager
+from supervisor.netfw.taps import TapHook, guest_alive
+from supervisor.passthru.hook import PassthruHook
 from supervisor.store import DefinitionStore
 from supervisor.vmm import caps as capsmod
 from supervisor.vmm.argv import build_commands
@@ -114,6 +117,20 @@ class Daemon:
         #: Host resources every guest acquires before launch and releases after its
         #: final stop (see :class:`~supervisor.actors.guest.LaunchHook`).
         self.launch_hooks: list[LaunchHook] = [NvramHook(host, config.guests.firmware_dir)]
+        self.networks = NetworkManager(
+            host, config.network, config.guests.run_dir, config.guests.log_dir
+        )
+        self.passthru = PassthruHook(
+            host,
+            lambda n: n in self.guests and self.guests[n].actor.state.active,
+            lambda: [
+                (n, g.domain)
+                for n, g in self.guests.items()
+                if g.actor.state in (lc.State.RUNNING, lc.State.STOPPING, lc.State.REBOOTING)
+            ],
+        )
+        self.taps = TapHook(host, config.guests.run_dir, self.networks)
+        self.launch_hooks += [self.passthru, self.taps]
 
     def spawn(self, fn: Callable[[], Awaitable[None]]) -> None:
         """Run *fn* as a task of the daemon (background jobs); it must not raise."""
@@ -143,7 +160,13 @@ class Daemon:
     def _plan(self, name: str) -> LaunchPlan:
         domain = self.guests[name].domain
         map_path = f"{self.paths.run_dir}/{name}.device.map"
-        commands = build_commands(domain, self.caps, device_map_path=map_path, loader_console=True)
+        commands = build_commands(
+            domain,
+            self.caps,
+            device_map_path=map_path,
+            loader_console=True,
+            taps=self.taps.resolver(name),
+        )
         consoles = domain.console_paths()
         return LaunchPlan(
             loader=commands.loader,
@@ -429,6 +452,8 @@ class Daemon:
             domains, problems = self.store.load_all()
             for p in problems:
                 log.error("definition_unreadable", path=p.path, error=p.error)
+            await self.taps.sweep(lambda n: guest_alive(self.host, self.paths.pid_file(n)))
+            await nursery.start(self.networks.run)
             for domain in domains.values():
                 await self._add(domain)
             await self.adopt_all()

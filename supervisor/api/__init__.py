@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from supervisor.api import core, guestops, storage
+from supervisor.api import core, guestops, hostnet, storage
 from supervisor.api.core import guest_info
 from supervisor.rpc.dispatch import Registry
 
@@ -24,6 +24,7 @@ AREAS: tuple[Callable[[Registry, Daemon], None], ...] = (
     core.register,
     guestops.register,
     storage.register,
+    hostnet.register,
 )
 
 

@@ -66,7 +66,7 @@ from supervisor.vmm.bhyveopts import (
     PciDevice,
     parse_bhyve_argv,
 )
-from supervisor.vmm.sim import agent, bsd, guest, hardware, procs
+from supervisor.vmm.sim import agent, bsd, guest, hardware, pci, procs
 from supervisor.vmm.sim.guest import Guest
 from supervisor.vmm.sim.host import ROOTED
 from supervisor.vmm.sim.kernel import (
@@ -314,6 +314,10 @@ class _Bhyve:
             self._init_vtcon(dev)
         elif dev.emulation == "virtio-9p":
             self._init_9p(dev)
+        elif dev.emulation == "passthru":
+            problem = pci.passthru_problem(self.root, dev.options, cmd.wired)
+            if problem is not None:
+                raise self._device_error(problem, errno.EPERM)
 
     def _init_9p(self, dev: PciDevice) -> None:
         # pci_vt9p_init() opens the shared directory at start-up (before cap_enter).

@@ -8,7 +8,7 @@ import sys
 
 from supervisor import host as host_mod
 from supervisor.host import Host
-from supervisor.vmm.sim import hardware, nmdm, procs, qemu
+from supervisor.vmm.sim import dmesg, hardware, nmdm, procs, qemu
 from supervisor.vmm.sim.guestimage import GuestImage
 from supervisor.vmm.sim.hardware import DEFAULT_KLDS, INTEL, Hardware, SysctlValue
 from supervisor.vmm.sim.kernel import KERNEL_DIR, Kernel
@@ -24,6 +24,12 @@ TOOLS: dict[str, str] = {
     "sysctl": "supervisor.vmm.sim.sysctl",
     "ps": "supervisor.vmm.sim.ps",
     "zfs": "supervisor.vmm.sim.zfs",
+    "pciconf": "supervisor.vmm.sim.pciconf",
+    "devctl": "supervisor.vmm.sim.devctl",
+    "ifconfig": "supervisor.vmm.sim.ifconfig",
+    "pfctl": "supervisor.vmm.sim.pfctl",
+    "ipfw": "supervisor.vmm.sim.ipfw",
+    "dnsmasq": "supervisor.vmm.sim.dnsmasq",
 }
 
 #: Directories of a FreeBSD host that the supervisor and the tools expect.
@@ -187,6 +193,9 @@ def install(
         path = host.path(f"{host_mod.FIRMWARE_DIR}/{name}")
         if not os.path.exists(path):
             _write_if_changed(_inside(root, path), _firmware_image(name, size), 0o444)
+    _write_if_changed(
+        _inside(root, host.path("/var/run/dmesg.boot")), dmesg.dmesg_boot(hw).encode(), 0o644
+    )
     userboot = host.path("/boot/userboot.so")
     if not os.path.exists(userboot):
         _write_if_changed(_inside(root, userboot), b"\x7fELF userboot (simulated)\n", 0o444)
