@@ -142,7 +142,9 @@ def wait_for(what: str, check: Callable[[], bool], timeout: float, poll: float =
 # -- the simulated host and bhyvesupd ----------------------------------------------------
 
 
-def guest_xml(name: str, *, autostart: bool = True, light: bool = True, console: bool = True) -> str:
+def guest_xml(
+    name: str, *, autostart: bool = True, light: bool = True, console: bool = True
+) -> str:
     """A UEFI guest (no loader process), one vCPU, one disk, com1 on nmdm."""
     cmdline = ""
     if light:

@@ -26,7 +26,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import (  # noqa: E402
+from bench.common import (
     REPO,
     SUPERVISORCTL,
     SUPERVISORD,
@@ -111,7 +111,10 @@ def run_bhyvesupd(n: int, idle_window: float, calls: int, cli_runs: int) -> dict
 
 
 def run_supervisord(
-    n: int, argv_env: tuple[list[str], dict[str, str]], idle_window: float, calls: int,
+    n: int,
+    argv_env: tuple[list[str], dict[str, str]],
+    idle_window: float,
+    calls: int,
     cli_runs: int,
 ) -> dict[str, Any]:
     res: dict[str, Any] = {}
@@ -176,35 +179,88 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     ours = run_bhyvesupd(n, idle, calls, cli_runs)
     peer = run_supervisord(n, ours["argv"], idle, calls, cli_runs)
     sd = "supervisord"
-    out = [
-        report(f"scale.guests", n, "guests"),
+    return [
+        report("scale.guests", n, "guests"),
         report("scale.bhyve_light_rss", ours["bhyve_rss"] / MB, "MB"),
         report("scale.bhyve_light_pss", ours["bhyve_pss"] / MB, "MB"),
-        report(f"scale.start_all_wall[{n}]", ours["start_wall"], "s", peer=peer["start_wall"],
-               peer_name=sd),
-        report(f"scale.start_all_cpu[{n}]", ours["start_cpu"], "s", peer=peer["start_cpu"],
-               peer_name=sd, target="<= 0.5x"),
-        report(f"scale.rss_idle[{n}]", ours["rss"] / MB, "MB", peer=peer["rss"] / MB,
-               peer_name=sd, target="<= 1.5x"),
-        report(f"scale.idle_cpu[{n}]", ours["idle_cpu"], "%", peer=peer["idle_cpu"],
-               peer_name=sd, target="<= 1x"),
-        report(f"scale.status_all_p50[{n}]", percentile(ours["list_ms"], 50), "ms",
-               peer=percentile(peer["list_ms"], 50), peer_name=sd + " getAllProcessInfo",
-               target="<= 0.05x"),
-        report(f"scale.status_all_p99[{n}]", percentile(ours["list_ms"], 99), "ms",
-               peer=percentile(peer["list_ms"], 99), peer_name=sd + " getAllProcessInfo",
-               target="< 15 ms"),
-        report(f"scale.status_all_fresh_conn_p50[{n}]", percentile(ours["list_fresh_ms"], 50),
-               "ms", peer=percentile(peer["list_ms"], 50), peer_name=sd + " getAllProcessInfo"),
-        report("scale.get_info_p50", percentile(ours["info_ms"], 50), "ms",
-               peer=percentile(peer["info_ms"], 50), peer_name=sd + " getProcessInfo",
-               target="< 1 ms"),
-        report("scale.get_info_p99", percentile(ours["info_ms"], 99), "ms",
-               peer=percentile(peer["info_ms"], 99), peer_name=sd + " getProcessInfo"),
-        report(f"scale.cli_status_wall[{n}]", ours["cli_ms"], "ms", peer=peer["cli_ms"],
-               peer_name="supervisorctl status", target="<= 0.5x"),
+        report(
+            f"scale.start_all_wall[{n}]",
+            ours["start_wall"],
+            "s",
+            peer=peer["start_wall"],
+            peer_name=sd,
+        ),
+        report(
+            f"scale.start_all_cpu[{n}]",
+            ours["start_cpu"],
+            "s",
+            peer=peer["start_cpu"],
+            peer_name=sd,
+            target="<= 0.5x",
+        ),
+        report(
+            f"scale.rss_idle[{n}]",
+            ours["rss"] / MB,
+            "MB",
+            peer=peer["rss"] / MB,
+            peer_name=sd,
+            target="<= 1.5x",
+        ),
+        report(
+            f"scale.idle_cpu[{n}]",
+            ours["idle_cpu"],
+            "%",
+            peer=peer["idle_cpu"],
+            peer_name=sd,
+            target="<= 1x",
+        ),
+        report(
+            f"scale.status_all_p50[{n}]",
+            percentile(ours["list_ms"], 50),
+            "ms",
+            peer=percentile(peer["list_ms"], 50),
+            peer_name=sd + " getAllProcessInfo",
+            target="<= 0.05x",
+        ),
+        report(
+            f"scale.status_all_p99[{n}]",
+            percentile(ours["list_ms"], 99),
+            "ms",
+            peer=percentile(peer["list_ms"], 99),
+            peer_name=sd + " getAllProcessInfo",
+            target="< 15 ms",
+        ),
+        report(
+            f"scale.status_all_fresh_conn_p50[{n}]",
+            percentile(ours["list_fresh_ms"], 50),
+            "ms",
+            peer=percentile(peer["list_ms"], 50),
+            peer_name=sd + " getAllProcessInfo",
+        ),
+        report(
+            "scale.get_info_p50",
+            percentile(ours["info_ms"], 50),
+            "ms",
+            peer=percentile(peer["info_ms"], 50),
+            peer_name=sd + " getProcessInfo",
+            target="< 1 ms",
+        ),
+        report(
+            "scale.get_info_p99",
+            percentile(ours["info_ms"], 99),
+            "ms",
+            peer=percentile(peer["info_ms"], 99),
+            peer_name=sd + " getProcessInfo",
+        ),
+        report(
+            f"scale.cli_status_wall[{n}]",
+            ours["cli_ms"],
+            "ms",
+            peer=peer["cli_ms"],
+            peer_name="supervisorctl status",
+            target="<= 0.5x",
+        ),
     ]
-    return out
 
 
 if __name__ == "__main__":
