@@ -337,8 +337,8 @@ class Supervisord:
                 # Counted as running once spawned, as bhyvesupd counts a spawned bhyve.
                 "startsecs=0",
                 "stopsignal=TERM",
-                "stdout_logfile=NONE",
-                "stderr_logfile=NONE",
+                # Its default: the child's output goes to a log file, as bhyve's does.
+                "redirect_stderr=true",
             ]
             if envs:
                 lines.append(f"environment={envs}")

@@ -431,7 +431,9 @@ class GuestActor:
                 assert self._nursery is not None
                 self._nursery.start_soon(self._pump_console)
             if plan.device_map is not None and plan.device_map_path is not None:
-                write_atomic(self.host.path(plan.device_map_path), plan.device_map.encode())
+                write_atomic(
+                    self.host.path(plan.device_map_path), plan.device_map.encode(), durable=False
+                )
             if plan.loader is not None:
                 status = await self._run_loader(plan.loader)
                 if status.code != 0:
@@ -532,7 +534,9 @@ class GuestActor:
     # -- runtime files --------------------------------------------------------------------------
 
     def _write_pid(self, pid: int) -> None:
-        write_atomic(self.host.path(self.paths.pid_file(self.name)), f"{pid}\n".encode())
+        write_atomic(
+            self.host.path(self.paths.pid_file(self.name)), f"{pid}\n".encode(), durable=False
+        )
         self._write_status()
 
     def _write_status(self) -> None:
@@ -542,6 +546,7 @@ class GuestActor:
             write_atomic(
                 self.host.path(self.paths.status_file(self.name)),
                 json.dumps(info, sort_keys=True).encode() + b"\n",
+                durable=False,
             )
         except OSError as exc:
             self._log.warning("status_write_failed", error=exc.strerror)
