@@ -307,7 +307,14 @@ class Supervisord:
     /usr/bin and is spoken to with the standard library's XML-RPC client.
     """
 
-    def __init__(self, workdir: Path, programs: dict[str, tuple[list[str], dict[str, str]]]):
+    def __init__(
+        self,
+        workdir: Path,
+        programs: dict[str, tuple[list[str], dict[str, str]]],
+        *,
+        autorestart: str = "unexpected",
+        loglevel: str = "warn",
+    ):
         self.workdir = workdir
         self.sock = str(workdir / "supervisor.sock")
         self.conf = workdir / "supervisord.conf"
@@ -320,7 +327,7 @@ class Supervisord:
             f"childlogdir={workdir}",
             "nodaemon=true",
             "minfds=20000",
-            "loglevel=warn",
+            f"loglevel={loglevel}",
             "[rpcinterface:supervisor]",
             "supervisor.rpcinterface_factory = supervisor.rpcinterface:make_main_rpcinterface",
             "[supervisorctl]",
@@ -332,7 +339,7 @@ class Supervisord:
                 f"[program:{name}]",
                 "command=" + " ".join(_quote(a) for a in argv),
                 "autostart=true",
-                "autorestart=unexpected",
+                f"autorestart={autorestart}",
                 "exitcodes=1,2",
                 # Counted as running once spawned, as bhyvesupd counts a spawned bhyve.
                 "startsecs=0",
