@@ -32,11 +32,13 @@ MB = 1 << 20
 
 def _dd(path: str, block: int, total: int) -> float:
     t0 = time.monotonic()
-    subprocess.run(
+    r = subprocess.run(
         ["dd", f"if={path}", "of=/dev/null", f"bs={block}", f"count={total // block}"],
-        check=True,
+        check=False,
         capture_output=True,
     )
+    if r.returncode != 0:
+        raise RuntimeError(f"dd of {path} failed: {r.stderr.decode().strip()}")
     return total / (time.monotonic() - t0)
 
 
@@ -83,6 +85,8 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
             wait_for(
                 "guest running", lambda: daemon.call("domain.list")[0]["state"] == "running", 60
             )
+            vmm = sim.host.path(f"/dev/vmm/{name}")
+            wait_for("the VM", lambda: os.path.exists(vmm), 30)  # bhyve has set it up
             dd_disk = _dd(str(image), block, total)
             ours = _peek_rate(daemon, "domain.block_peek", block, total, name=name, disk="vda")
             out.append(
@@ -98,7 +102,6 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
             )
             if ours is None:
                 print(f"  (dd of the same file: {dd_disk / MB:.0f} MB/s)")
-            vmm = sim.host.path(f"/dev/vmm/{name}")
             mem_total = min(total, 32 * MB)
             dd_mem = _dd(vmm, block, mem_total)
             ours = _peek_rate(daemon, "domain.memory_peek", block, mem_total, name=name)

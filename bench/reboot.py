@@ -62,6 +62,7 @@ def _ours(reboots: int, guests: int) -> list[float]:
                 sock, early = c.raw_socket()
                 sock.settimeout(30)
                 prompt = f"{name}# ".encode()
+                sock.sendall(b"\r")  # a fresh prompt: the last one came before we attached
                 if prompt not in early:
                     _read_until(lambda s=sock: s.recv(65536), prompt, 30)
                 for _ in range(reboots):
@@ -129,6 +130,8 @@ def _peer(reboots: int, guests: int) -> list[float]:
             )
             for name in names:
                 # Type on the nmdm B side, as a console user would under supervisord.
+                b_path = sim.host.path(f"/dev/nmdm-{name}.1B")
+                wait_for(f"{b_path}", lambda p=b_path: os.path.exists(p), 30)
                 b = os.open(sim.host.path(f"/dev/nmdm-{name}.1B"), os.O_RDWR | os.O_NOCTTY)
                 try:
                     prompt = f"{name}# ".encode()
