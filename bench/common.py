@@ -139,6 +139,21 @@ def wait_for(what: str, check: Callable[[], bool], timeout: float, poll: float =
         time.sleep(poll)
 
 
+def wait_booted(pids: list[int], names: list[str], timeout: float = 600.0) -> None:
+    """Wait until every simulated bhyve has finished start-up (it titles itself
+    ``bhyve: NAME`` last), then for the guests' banners and ACPI: idle means idle."""
+
+    def titled(pid: int, name: str) -> bool:
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                return f.read().rstrip(b"\0") == f"bhyve: {name}".encode()
+        except OSError:
+            return False
+
+    wait_for("every bhyve started up", lambda: all(map(titled, pids, names)), timeout, 0.5)
+    time.sleep(1.0)
+
+
 # -- the simulated host and bhyvesupd ----------------------------------------------------
 
 
