@@ -42,7 +42,7 @@ NS = "urn:bhyve-supervisor:domain:1"
 #: Seconds a guest may take to settle after a fault.
 SETTLE = 20.0
 #: Seconds the clean-up after a final stop may take.
-CLEANUP = 5.0
+CLEANUP = 15.0
 STABLE = ("running", "shutoff", "crashed")
 POLICY = (
     "<bhyvesup:restart-backoff>0.05</bhyvesup:restart-backoff>"
