@@ -131,7 +131,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true")
     args = p.parse_args(argv)
-    total = (32 if args.quick else 256) * MB
+    total = (16 if args.quick else 256) * MB
     rate, lost, exact = _through_daemon(total)
     ceiling = _direct(total)
     return [

@@ -159,7 +159,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true")
     args = p.parse_args(argv)
-    reboots, guests = (5, 2) if args.quick else (20, 5)
+    reboots, guests = (4, 2) if args.quick else (20, 5)
     ours = _ours(reboots, guests)
     peer = _peer(reboots, guests) if os.path.exists(SUPERVISORD) else []
     if not ours:

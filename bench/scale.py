@@ -170,12 +170,12 @@ def _system_env() -> dict[str, str]:
 def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="small counts, under a minute")
-    p.add_argument("-n", type=int, help="guests (default 500, 50 with --quick)")
-    p.add_argument("--idle", type=float, help="idle window in s (default 30, 3 with --quick)")
+    p.add_argument("-n", type=int, help="guests (default 500, 30 with --quick)")
+    p.add_argument("--idle", type=float, help="idle window in s (default 30, 2 with --quick)")
     args = p.parse_args(argv)
-    n = args.n or (50 if args.quick else 500)
-    idle = args.idle or (3.0 if args.quick else 30.0)
-    calls = 50 if args.quick else 200
+    n = args.n or (30 if args.quick else 500)
+    idle = args.idle or (2.0 if args.quick else 30.0)
+    calls = 100 if args.quick else 200
     cli_runs = 3 if args.quick else 10
     if not os.path.exists(SUPERVISORD):
         print("scale: supervisord unavailable (apt-get install supervisor)")
