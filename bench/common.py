@@ -69,6 +69,8 @@ def report(
 
 
 def _fmt(v: float) -> str:
+    if isinstance(v, int):
+        return str(v)
     if v == 0:
         return "0"
     if abs(v) >= 100:
