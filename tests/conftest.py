@@ -16,6 +16,14 @@ SHARED = Path(__file__).resolve().parent.parent.parent / "shared"
 CORPUS = SHARED / "corpus" / "libvirt-bhyve"
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--resilience-long",
+        action="store_true",
+        help="run the resilience suite's long mode (hundreds of faults)",
+    )
+
+
 def require_real(available: bool, what: str) -> None:
     """Skip (or, under ``BHYVESUP_REQUIRE_REAL=1``, fail) when *what* is missing."""
     if available:

@@ -31,6 +31,10 @@ log = get_logger("bhyvesupd.console")
 #: Bytes queued per attached reader before it starts losing output.
 READER_QUEUE = 256
 READ_CHUNK = 65536
+#: A tty read returns at most one line-discipline buffer (about 4 KiB); while more is
+#: waiting, reads are gathered up to this many bytes before the ring, the log and the
+#: readers see them, so a flood costs one log write and one message per gather.
+GATHER = 256 * 1024
 
 
 class ConsoleTakenOver(Exception):
@@ -105,6 +109,7 @@ class Console:
     #: Total bytes ever read: lets clients ask for output "since offset N".
     total: int = 0
     _stream: trio.lowlevel.FdStream | None = None
+    _fd: int = -1
     _attachments: dict[int, Attachment] = attrs.field(factory=dict)
     _next_id: int = 1
     _write_lock: trio.Lock = attrs.field(factory=trio.Lock)
@@ -120,6 +125,7 @@ class Console:
         await ensure_pair(self.host, self.b_path)
         fd = open_console(self.host, self.b_path)
         self._stream = trio.lowlevel.FdStream(fd)
+        self._fd = fd
 
     async def run(self) -> None:
         """Drain the console for as long as it is open; returns when it is closed."""
@@ -140,7 +146,24 @@ class Console:
             if not data:
                 await trio.sleep(0.2)
                 continue
-            self._record(data)
+            self._record(self._gather(data) if self._stream is stream else data)
+
+    def _gather(self, data: bytes) -> bytes:
+        """*data* and whatever else the tty holds right now, up to :data:`GATHER`."""
+        if len(data) < 1024:
+            return data  # an interactive trickle: nothing more is waiting
+        parts = [data]
+        size = len(data)
+        while size < GATHER:
+            try:
+                more = os.read(self._fd, READ_CHUNK)
+            except OSError:
+                break  # nothing waiting (EAGAIN), or an error the next receive reports
+            if not more:
+                break
+            parts.append(more)
+            size += len(more)
+        return b"".join(parts)
 
     def _record(self, data: bytes) -> None:
         self.total += len(data)
@@ -210,6 +233,7 @@ class Console:
     async def aclose(self) -> None:
         """Close our side (the guest is gone) and end every attachment."""
         stream, self._stream = self._stream, None
+        self._fd = -1
         if stream is not None:
             await stream.aclose()
         for att in list(self._attachments.values()):

@@ -170,6 +170,7 @@ class GuestActor:
         self._boot_mark = 0
         self._ready_scanned = 0
         self._ready_boot: int | None = None
+        self._cleanups_pending = 0
         self.machine = lc.Lifecycle(policy=policy)
         self.console: Console | None = None
         if console_path is not None:
@@ -222,6 +223,19 @@ class GuestActor:
         """Wait (at most *timeout* s) for the state to satisfy *predicate*."""
         with trio.move_on_after(timeout):
             while not predicate(self.state):
+                await self._changed.wait()
+        return self.state
+
+    @property
+    def settled(self) -> bool:
+        """Whether the guest is down and everything its stop releases has been released
+        (VM destroyed, pid file, sockets and hook resources gone)."""
+        return not self.state.active and self._cleanups_pending == 0
+
+    async def wait_settled(self, timeout: float) -> lc.State:
+        """Wait (at most *timeout* s) until :attr:`settled`; returns the state then."""
+        with trio.move_on_after(timeout):
+            while not self.settled:
                 await self._changed.wait()
         return self.state
 
@@ -476,6 +490,11 @@ class GuestActor:
             case lc.Launch():
                 self._launch_cancelled = False
                 self._work_send.send_nowait(action)
+            case lc.Cleanup():
+                # Counted from now: a client told "shutoff" must not find the VM, the
+                # pid file or the taps still there (see wait_settled).
+                self._cleanups_pending += 1
+                self._work_send.send_nowait(action)
             case _:
                 self._work_send.send_nowait(action)
 
@@ -532,7 +551,12 @@ class GuestActor:
             case lc.ForceReset():
                 await self._bhyvectl("--force-reset")
             case lc.Cleanup(keep_vm=keep_vm):
-                await self._cleanup(keep_vm)
+                try:
+                    await self._cleanup(keep_vm)
+                finally:
+                    self._cleanups_pending -= 1
+                    self._changed.set()
+                    self._changed = trio.Event()
 
     async def _bhyvectl(self, *args: str) -> None:
         result = await run_tool(self.host, ["bhyvectl", f"--vm={self.name}", *args])
@@ -596,7 +620,9 @@ class GuestActor:
                 assert self._nursery is not None
                 self._nursery.start_soon(self._pump_console)
             if plan.device_map is not None and plan.device_map_path is not None:
-                write_atomic(self.host.path(plan.device_map_path), plan.device_map.encode())
+                write_atomic(
+                    self.host.path(plan.device_map_path), plan.device_map.encode(), durable=False
+                )
             if plan.loader is not None:
                 status = await self._run_loader(plan.loader)
                 if status.code != 0:
@@ -698,7 +724,9 @@ class GuestActor:
     # -- runtime files --------------------------------------------------------------------------
 
     def _write_pid(self, pid: int) -> None:
-        write_atomic(self.host.path(self.paths.pid_file(self.name)), f"{pid}\n".encode())
+        write_atomic(
+            self.host.path(self.paths.pid_file(self.name)), f"{pid}\n".encode(), durable=False
+        )
         self._write_status()
 
     def _write_status(self) -> None:
@@ -708,6 +736,7 @@ class GuestActor:
             write_atomic(
                 self.host.path(self.paths.status_file(self.name)),
                 json.dumps(info, sort_keys=True).encode() + b"\n",
+                durable=False,
             )
         except OSError as exc:
             self._log.warning("status_write_failed", error=exc.strerror)

@@ -168,7 +168,7 @@ def register(reg: Registry, daemon: Daemon) -> None:
         await _request(g, lc.Shutdown(timeout=timeout))
         if wait:
             limit = (timeout if timeout is not None else g.domain.policy.stop_timeout) + 30
-            await g.actor.wait_until(lambda s: not s.active, limit)
+            await g.actor.wait_settled(limit)
         return guest_info(g)
 
     @method("domain.destroy", access="rw")
@@ -179,7 +179,7 @@ def register(reg: Registry, daemon: Daemon) -> None:
         g = daemon.lookup(name, uuid)
         await _request(g, lc.Destroy())
         if wait:
-            await g.actor.wait_until(lambda s: not s.active, 30.0)
+            await g.actor.wait_settled(30.0)
         return guest_info(g)
 
     @method("domain.reboot", access="rw")

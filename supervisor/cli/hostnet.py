@@ -16,8 +16,6 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-import trio
-
 from supervisor.cli.control import (
     EXIT_OK,
     connect,
@@ -28,7 +26,6 @@ from supervisor.cli.control import (
 from supervisor.cli.render import render_json
 from supervisor.host import FREEBSD, Host
 from supervisor.hostcheck import checks as hc
-from supervisor.hostcheck.probe import validate
 from supervisor.rpc.errors import DaemonNotRunningError
 
 
@@ -48,6 +45,11 @@ def _local_checks(args: argparse.Namespace) -> list[hc.Check]:
         from supervisor.vmm.sim.host import ROOTED
 
         host = Host(root=os.path.abspath(args.sim), rooted=ROOTED)
+    # The local checks need the probing (and trio) only when asked for.
+    import trio
+
+    from supervisor.hostcheck.probe import validate
+
     return trio.run(lambda: validate(host, firewall=args.firewall))
 
 

@@ -19,21 +19,22 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
-from supervisor.domain.model import Interface
-from supervisor.domain.xml import format_domain_xml, parse_domain_xml
 from supervisor.errors import SupervisorError
 from supervisor.host import FIRMWARE_DIR
-from supervisor.vmm.argv import build_commands, select_firmware
-from supervisor.vmm.caps import DEFAULT
-from supervisor.vmm.cmdline import render_shell
-from supervisor.vmm.native import FORMAT, domain_from_native
+
+if TYPE_CHECKING:
+    from supervisor.domain.model import Interface
+
+# The model, the XML codec and the argv builder and parser are imported by the verbs that
+# use them: every bhyvesupctl command builds this parser, and a control verb such as
+# ``status`` must not pay for loading them.
 
 __all__ = ["FORMATS", "cmd_domxml_from_native", "cmd_domxml_to_native", "owns", "register", "run"]
 
 #: The native formats the offline verbs speak.
-FORMATS: Final = (FORMAT,)
+FORMATS: Final = ("bhyve-argv",)
 EXIT_OK: Final = 0
 EXIT_FAILURE: Final = 1
 PROG: Final = "bhyvesupctl"
@@ -54,6 +55,9 @@ def _tap_placeholder(index: int, nic: Interface) -> str:
 
 def cmd_domxml_from_native(args: argparse.Namespace) -> int:
     """Print the domain XML that a native command file describes."""
+    from supervisor.domain.xml import format_domain_xml
+    from supervisor.vmm.native import domain_from_native
+
     result = domain_from_native(_read(args.file), strict=args.strict)
     for warning in result.warnings:
         sys.stderr.write(f"{PROG}: warning: {warning}\n")
@@ -63,6 +67,11 @@ def cmd_domxml_from_native(args: argparse.Namespace) -> int:
 
 def cmd_domxml_to_native(args: argparse.Namespace) -> int:
     """Print the loader and bhyve commands that start the guest of a domain XML file."""
+    from supervisor.domain.xml import parse_domain_xml
+    from supervisor.vmm.argv import build_commands, select_firmware
+    from supervisor.vmm.caps import DEFAULT
+    from supervisor.vmm.cmdline import render_shell
+
     domain = parse_domain_xml(_read(args.file))
     if domain.os.firmware == "efi" and domain.os.loader is None:
         try:

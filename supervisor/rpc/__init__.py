@@ -6,8 +6,8 @@
 - :mod:`~supervisor.rpc.client`: :class:`Client`, blocking and stdlib only, for the CLI.
 - :mod:`~supervisor.rpc.trio_client`: :func:`open_client`, concurrent calls over trio.
 
-Importing this package does not import trio: the CLI imports the blocking client through
-it and should start fast. The trio parts are loaded when first named.
+Importing this package does not import trio or the dispatcher: the CLI imports the
+blocking client through it and should start fast. Those parts are loaded when first named.
 """
 
 from __future__ import annotations
@@ -15,9 +15,6 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from supervisor.rpc.client import Client as Client
-from supervisor.rpc.dispatch import Access as Access
-from supervisor.rpc.dispatch import CallContext as CallContext
-from supervisor.rpc.dispatch import Registry as Registry
 from supervisor.rpc.errors import ConnectionLostError as ConnectionLostError
 from supervisor.rpc.errors import DaemonNotRunningError as DaemonNotRunningError
 from supervisor.rpc.errors import InternalError as InternalError
@@ -31,6 +28,9 @@ from supervisor.rpc.errors import SocketInUseError as SocketInUseError
 from supervisor.rpc.peercred import PeerCredentials as PeerCredentials
 
 if TYPE_CHECKING:
+    from supervisor.rpc.dispatch import Access as Access
+    from supervisor.rpc.dispatch import CallContext as CallContext
+    from supervisor.rpc.dispatch import Registry as Registry
     from supervisor.rpc.server import Authorize as Authorize
     from supervisor.rpc.server import ServerConnection as ServerConnection
     from supervisor.rpc.server import group_policy as group_policy
@@ -39,6 +39,11 @@ if TYPE_CHECKING:
     from supervisor.rpc.trio_client import open_client as open_client
 
 _LAZY = {
+    # The dispatcher pulls in structlog (and with it asyncio): a daemon-side part that
+    # the CLI's start-up must not pay for.
+    "Access": "supervisor.rpc.dispatch",
+    "CallContext": "supervisor.rpc.dispatch",
+    "Registry": "supervisor.rpc.dispatch",
     "Authorize": "supervisor.rpc.server",
     "ServerConnection": "supervisor.rpc.server",
     "group_policy": "supervisor.rpc.server",

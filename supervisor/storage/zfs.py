@@ -138,7 +138,18 @@ class ZfsCli:
             if "busy" not in e.stderr:
                 raise
             await self.run("unmount", "-f", old)
-            await self.run("rename", old, new)
+            # zfs-fuse lets go of an unmounted filesystem late (more so on a busy host):
+            # "busy" right after the unmount is worth a few more tries.
+            for _ in range(25):
+                try:
+                    await self.run("rename", old, new)
+                    break
+                except HostToolError as again:
+                    if "busy" not in again.stderr:
+                        raise
+                    await trio.sleep(0.2)
+            else:
+                await self.run("rename", old, new)
             await self.run("mount", new)
 
     async def create_volume(self, name: str, size: int, *, sparse: bool = True) -> None:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from supervisor.cli import offline
 from supervisor.cli.main import VERB_GROUPS, build_parser
 from supervisor.cli.shell import verbs_of
 from supervisor.vmm.bhyveopts import parse_bhyve_argv
@@ -152,3 +153,23 @@ def test_version() -> None:
     done = bhyvesupctl("--version")
     assert done.returncode == 0
     assert done.stdout.startswith("bhyvesupctl ")
+
+
+def test_formats_name_the_native_parser_format() -> None:
+    from supervisor.vmm.native import FORMAT
+
+    assert offline.FORMATS == (FORMAT,)
+
+
+def test_the_cli_starts_without_the_daemon_side_modules() -> None:
+    # Every bhyvesupctl command pays for what its start-up imports: the XML codec, the
+    # argv parser, the dispatcher's structlog and trio are loaded only by the verbs that
+    # need them.
+    code = (
+        "import sys, supervisor.cli.main\n"
+        "heavy = ('lxml', 'structlog', 'trio', 'supervisor.domain.xml', "
+        "'supervisor.vmm.bhyveopts', 'supervisor.rpc.dispatch')\n"
+        "print(' '.join(m for m in heavy if m in sys.modules))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == ""

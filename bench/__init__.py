@@ -1,0 +1,1 @@
+"""Benchmarks of bhyvesupd against its peers (supervisord, dd, cp): ``bench/run``."""
