@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from supervisor.api import core
+from supervisor.api import core, ops
 from supervisor.api.core import guest_info
 from supervisor.rpc.dispatch import Registry
 
@@ -20,7 +20,7 @@ if TYPE_CHECKING:
 __all__ = ["AREAS", "build_registry", "guest_info"]
 
 #: Every area's ``register``, in the order their methods are listed.
-AREAS: tuple[Callable[[Registry, Daemon], None], ...] = (core.register,)
+AREAS: tuple[Callable[[Registry, Daemon], None], ...] = (core.register, ops.register)
 
 
 def build_registry(daemon: Daemon) -> Registry:

@@ -19,7 +19,7 @@ from typing import Any, NoReturn
 import attrs
 
 from supervisor import __version__
-from supervisor.cli import control, offline
+from supervisor.cli import control, importverbs, offline, opsverbs
 from supervisor.cli.shell import run_shell
 
 __all__ = ["VERB_GROUPS", "VerbGroup", "build_parser", "execute", "main"]
@@ -51,6 +51,8 @@ VERB_GROUPS: tuple[VerbGroup, ...] = (
         lambda args: getattr(args, "control_handler", None) is not None,
         control.run,
     ),
+    VerbGroup(importverbs.register, importverbs.owns, control.run),
+    VerbGroup(opsverbs.register, opsverbs.owns, control.run),
 )
 
 
