@@ -470,9 +470,10 @@ class _Converter:
                 readonly = "ro" in opts
                 lost = [o for o in opts if o != "ro"]
                 if lost:
+                    kept = "; 'ro' is kept" if readonly else ""
                     self.lost.append(
                         f"disk{index}_opts={','.join(opts)} "
-                        f"(bhyvesupd does not set {','.join(lost)}; 'ro' is kept)"
+                        f"(bhyvesupd does not set {','.join(lost)}{kept})"
                     )
                 disk_type: DiskType = "block" if path.startswith("/dev/") else "file"
                 try:
@@ -630,7 +631,9 @@ class _Converter:
         rec = self.get("sound_rec") or None
         if not self.yes("sound"):
             return (), ()
-        return (Sound(audio_id=1),), (Audio(id=1, output_dev=play, input_dev=rec),)
+        # The model keeps libvirt's naming, in which bhyve's play= device is the OSS
+        # backend's input and rec= its output (see supervisor.vmm.argv).
+        return (Sound(audio_id=1),), (Audio(id=1, input_dev=play, output_dev=rec),)
 
     def consoles(self) -> tuple[Channel, ...]:
         out: list[Channel] = []
