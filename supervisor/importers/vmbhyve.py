@@ -542,7 +542,7 @@ class _Converter:
             return None
         bridge = self.switches[switch]
         if bridge is None:
-            self.drop(key, "the switch is not a bridge whose name is fixed (vale, netgraph...)")
+            self.drop(key, "the switch is not a bridge with a fixed name (vale, netgraph...)")
         return bridge
 
     def passthru(self) -> tuple[Hostdev, ...]:

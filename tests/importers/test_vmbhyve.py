@@ -181,7 +181,7 @@ def test_what_cannot_be_carried_over_is_reported_and_left_out() -> None:
         "grub_run0=linux /vmlinuz (the guest boots with bhyveload)",
         "disk0_opts=nocache,direct (bhyvesupd does not set nocache,direct)",
         "disk1_name=disk1 (a zvol below the guest's dataset: give the datastore's ZFS dataset)",
-        "network0_switch=vale0 (the switch is not a bridge whose name is fixed (vale, netgraph...))",
+        "network0_switch=vale0 (the switch is not a bridge with a fixed name (vale, netgraph...))",
         "network1_switch=nosuch (no such switch in .config/system.conf)",
         "hostbridge=amd (bhyvesupd always gives the guest bhyve's standard hostbridge)",
         "frobnicate=yes (not a setting bhyvesupd knows)",
