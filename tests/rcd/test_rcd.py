@@ -301,3 +301,12 @@ def test_reload_refuses_a_pid_file_that_names_another_program(box: Box) -> None:
     other.send_signal(signal.SIGTERM)
     other.wait(timeout=10)
     assert box.signals(box.run / "bhyvesupd.pid") == []
+
+
+def test_a_shutdown_timeout_that_is_not_a_number_falls_back_to_80(box: Box) -> None:
+    box.rc_conf.write_text('bhyvesupd_enable="YES"\nbhyvesupd_shutdown_timeout="1m"\n')
+    box.stand_in("daemon: bhyvesupd", box.run / "bhyvesupd.daemon.pid")
+    r = box.sh("faststop", env={"rc_shutdown": "reboot"})
+    assert r.returncode == 0
+    assert "not a number of seconds (1m); using 80" in r.stderr
+    assert box.ctl_calls()[0].endswith("daemon-on-stop shutdown --budget 80")
