@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from supervisor.api import core, guestops, hostnet, storage
+from supervisor.api import core, guestops, hostnet, ops, storage
 from supervisor.api.core import guest_info
 from supervisor.rpc.dispatch import Registry
 
@@ -25,6 +25,7 @@ AREAS: tuple[Callable[[Registry, Daemon], None], ...] = (
     guestops.register,
     storage.register,
     hostnet.register,
+    ops.register,
 )
 
 

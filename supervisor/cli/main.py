@@ -19,7 +19,7 @@ from typing import Any, NoReturn
 import attrs
 
 from supervisor import __version__
-from supervisor.cli import control, guestops, hostnet, offline, storage
+from supervisor.cli import control, guestops, hostnet, importverbs, offline, opsverbs, storage
 from supervisor.cli.shell import run_shell
 
 __all__ = ["VERB_GROUPS", "VerbGroup", "build_parser", "execute", "main"]
@@ -54,6 +54,8 @@ VERB_GROUPS: tuple[VerbGroup, ...] = (
     VerbGroup(guestops.register, guestops.owns, control.run),
     VerbGroup(storage.register, lambda args: False, control.run),  # runs via control_handler
     VerbGroup(hostnet.register, lambda args: False, control.run),
+    VerbGroup(importverbs.register, importverbs.owns, control.run),
+    VerbGroup(opsverbs.register, opsverbs.owns, control.run),
 )
 
 
