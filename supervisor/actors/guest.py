@@ -375,12 +375,7 @@ class GuestActor:
     async def _take_over(self, pid: int, saved: dict[str, Any]) -> None:
         plan = self._safe_plan()
         self.last_plan = plan
-        if self.console is not None and not self.console.is_open:
-            await self.console.open()
-        if self.console is not None and not self._console_running:
-            self._console_running = True
-            assert self._nursery is not None
-            self._nursery.start_soon(self._pump_console)
+        await self._hold_console()
         self._apply(lc.Adopted(pid=pid, **_history(saved)))
         assert self._nursery is not None
         self._nursery.start_soon(self._watch_adopted, pid, time.monotonic() - _runtime(saved))
@@ -613,12 +608,7 @@ class GuestActor:
                     self.last_error = str(exc)
                     self._apply(lc.LaunchFailed(reason=str(exc)))
                     return None
-            if self.console is not None and not self.console.is_open:
-                await self.console.open()
-            if self.console is not None and not self._console_running:
-                self._console_running = True
-                assert self._nursery is not None
-                self._nursery.start_soon(self._pump_console)
+            await self._hold_console()
             if plan.device_map is not None and plan.device_map_path is not None:
                 write_atomic(
                     self.host.path(plan.device_map_path), plan.device_map.encode(), durable=False
@@ -691,6 +681,18 @@ class GuestActor:
         if self._proc is proc:
             self._proc = None
         self._apply(lc.Exited(status, runtime))
+
+    async def _hold_console(self) -> None:
+        # The B side is held, and drained, from before bhyve starts until the guest is
+        # gone: nothing the guest prints is lost, even with no client attached.
+        if self.console is None:
+            return
+        if not self.console.is_open:
+            await self.console.open()
+        if not self._console_running:
+            self._console_running = True
+            assert self._nursery is not None
+            self._nursery.start_soon(self._pump_console)
 
     async def _pump_console(self) -> None:
         assert self.console is not None

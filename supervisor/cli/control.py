@@ -50,6 +50,7 @@ __all__ = [
     "exit_status_for",
     "out",
     "positive_seconds",
+    "read_input",
     "register",
     "run",
     "socket_path",
@@ -267,7 +268,8 @@ def cmd_restart(args: argparse.Namespace) -> int:
     return _for_each(args, act, timeout=_shutdown_timeout(args) + CALL_TIMEOUT)
 
 
-def _read_input(path: str) -> str:
+def read_input(path: str) -> str:
+    """The text of file *path*, or standard input for ``-``; errors name the file."""
     if path == "-":
         return sys.stdin.read()
     try:
@@ -280,7 +282,7 @@ def _read_input(path: str) -> str:
 
 
 def cmd_define(args: argparse.Namespace) -> int:
-    xml = _read_input(args.file)
+    xml = read_input(args.file)
     with connect(args) as client:
         info = client.call("domain.define", xml=xml)
     source = "standard input" if args.file == "-" else args.file
