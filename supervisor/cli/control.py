@@ -330,6 +330,10 @@ def cmd_console(args: argparse.Namespace) -> int:
         reply = client.call("console.attach", name=args.name, mode="rw")
         if not reply.get("writer", True):
             error(f"{args.name}: another client holds the console; attached read-only")
+        state = reply.get("state", "running")
+        if state not in ("running", "starting", "rebooting"):
+            # Attaching still works (to watch the next boot), but nothing answers now.
+            error(f"{args.name} is {state}: the console stays quiet until the guest runs")
         sock, initial = client.raw_socket()
     finally:
         client.close()  # a no-op once raw_socket() took the socket over
