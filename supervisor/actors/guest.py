@@ -447,6 +447,10 @@ class GuestActor:
     def _apply(self, event: lc.Event) -> None:
         before = self.machine.state
         actions = self.machine.handle(event, time.monotonic())
+        if self.machine.state is not before and self.machine.state in _RESUMABLE:
+            # A daemon adopting this bhyve after us must know a stop or reboot is under
+            # way (see adopt()).
+            self._write_status()
         for action in actions:
             self._act(action)
         if self.machine.state is not before or not isinstance(event, lc.TimerFired):
@@ -744,6 +748,9 @@ class GuestActor:
             self._log.warning("status_write_failed", error=exc.strerror)
 
 
+_RESUMABLE = frozenset({lc.State.STOPPING, lc.State.REBOOTING})
+
+
 def _is_bhyve_of(title: str | None, name: str) -> bool:
     # "bhyve: web1" (the simulated host), "bhyve: web1 (bhyve)" (FreeBSD's ps -o args);
     # never "bhyve: web10".
@@ -754,9 +761,11 @@ def _is_bhyve_of(title: str | None, name: str) -> bool:
 
 def _history(saved: dict[str, Any]) -> dict[str, Any]:
     boots = saved.get("boot_count")
+    state = saved.get("state")
     return {
         "boot_count": boots if isinstance(boots, int) else 1,
         "uptime": _runtime(saved),
+        "resume": state if state in ("stopping", "rebooting") else "running",
     }
 
 
