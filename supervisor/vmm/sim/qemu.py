@@ -30,6 +30,8 @@ guest RAM              ``memory-backend-file`` at the host path of ``/dev/vmm/NA
                        listening unix socket at the port's path
 ``virtio-rnd``         ``virtio-rng-pci``
 ``-u``                 ``-rtc base=utc`` (else ``localtime``)
+exit status 3          ``-d cpu_reset -D LOG``: QEMU reports a triple fault as a guest
+                       reset, but its CPU-reset log says "Triple fault" first
 bootrom / loader       not used: the guest image's kernel boots directly (noted)
 =====================  ===============================================================
 
@@ -64,6 +66,11 @@ class EngineChoice:
 
     engine: str = "scripted"
     image: GuestImage | None = None
+
+
+def reset_log_path(root: str, vmname: str) -> str:
+    """Where QEMU's CPU-reset log of the VM *vmname* on the host at *root* goes."""
+    return os.path.join(root, SIM_DIR, f"{vmname}.qemu-reset.log")
 
 
 def engine_path(root: str) -> str:
@@ -128,6 +135,7 @@ def qemu_argv(
     memory_path: str,
     tap_exists: Callable[[str], bool],
     qmp_fd: int,
+    reset_log: str,
     rtc_base: str | None = None,
 ) -> QemuPlan:
     """The ``qemu-system-x86_64`` command for the bhyve command *cmd*.
@@ -139,6 +147,8 @@ def qemu_argv(
         memory_path: the local path of ``/dev/vmm/NAME``.
         tap_exists: whether this machine has a network interface of that name.
         qmp_fd: the descriptor QEMU inherits as its QMP connection.
+        reset_log: the local file QEMU's CPU-reset log goes to (rewritten at each
+            start); "Triple fault" in it tells a triple fault from a guest reset.
         rtc_base: the RTC's start (``YYYY-MM-DDTHH:MM:SS``); else UTC or local time
             as ``-u`` says.
     """
@@ -166,6 +176,10 @@ def qemu_argv(
         f"socket,id={QMP_CHARDEV},fd={qmp_fd},server=off",
         "-mon",
         f"chardev={QMP_CHARDEV},mode=control",
+        "-d",
+        "cpu_reset",
+        "-D",
+        reset_log,
         "-rtc",
         f"base={rtc_base or ('localtime' if cmd.rtc_localtime else 'utc')}",
         "-kernel",

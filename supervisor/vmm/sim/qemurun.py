@@ -15,7 +15,9 @@ memory, devices, vCPUs). :func:`run` then replaces the scripted guest with QEMU:
 
    - ``SHUTDOWN`` (QEMU paused the machine, ``-action shutdown=pause``): the reason
      maps to bhyve's suspend reason (:func:`supervisor.vmm.sim.qmp.suspend_for`); QEMU
-     is told to ``quit`` and bhyve exits with that reason's status (reset 0, poweroff 1);
+     is told to ``quit`` and bhyve exits with that reason's status (reset 0, poweroff 1).
+     A reset whose CPU-reset log says "Triple fault" is a triple fault (exit 3): QEMU
+     gives both the same reason;
    - SIGTERM: ``system_powerdown``, the ACPI power button, as bhyve does;
    - the doorbell: an NMI request becomes ``inject-nmi``; a suspend request
      (``bhyvectl --force-reset``/``--force-poweroff``) ends QEMU and exits with that
@@ -47,7 +49,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from supervisor.vmm.sim import qmp
-from supervisor.vmm.sim.qemu import EngineChoice, qemu_argv
+from supervisor.vmm.sim.qemu import EngineChoice, qemu_argv, reset_log_path
 from supervisor.vmm.sim.qmp import Event, QmpSession, Reply
 
 if TYPE_CHECKING:
@@ -108,6 +110,7 @@ class _Runner:
         self.stopping: str | None = None
         self.ready = False
         self.rtc_synced = 0.0
+        self.reset_log = reset_log_path(bhyve.host.root, bhyve.name)
 
     def send(self, name: str, arguments: dict[str, Any] | None = None) -> None:
         ident, data = self.session.command(name, arguments)
@@ -138,6 +141,7 @@ class _Runner:
             memory_path=b.kernel.device_path(b.name),
             tap_exists=_tap_exists,
             qmp_fd=self.child_fd.fileno(),
+            reset_log=self.reset_log,
             rtc_base=_rtc_base(b.kernel.rtc_seconds(vm)),
         )
         for note in plan.notes:
@@ -218,7 +222,16 @@ class _Runner:
         if event.name != "SHUTDOWN" or self.stopping is not None:
             return
         how = qmp.suspend_for(str(event.data.get("reason", "")))
+        if how == "reset" and self.triple_faulted():
+            how = "triplefault"
         self.finish(how or "poweroff")
+
+    def triple_faulted(self) -> bool:
+        try:
+            with open(self.reset_log, encoding="utf-8", errors="replace") as f:
+                return qmp.triple_faulted(f.read())
+        except OSError:
+            return False
 
     def on_bell(self, bell: int) -> None:
         b = self.bhyve

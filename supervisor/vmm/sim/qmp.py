@@ -70,7 +70,8 @@ Message = Greeting | Reply | Event
 
 #: QEMU's ShutdownCause values and the bhyve suspend reason each stands for.
 SHUTDOWN_SUSPEND: dict[str, str] = {
-    # The guest reset itself (reboot; also a triple fault, which QEMU reports the same way).
+    # The guest reset itself (reboot; also a triple fault, which QEMU reports the same
+    # way: see triple_faulted).
     "guest-reset": "reset",
     "host-qmp-system-reset": "reset",
     # The guest powered off through ACPI S5 (after a power button press or on its own).
@@ -84,6 +85,21 @@ SHUTDOWN_SUSPEND: dict[str, str] = {
 def suspend_for(reason: str) -> str | None:
     """The bhyve suspend reason for a ``SHUTDOWN`` event's *reason*, if it maps."""
     return SHUTDOWN_SUSPEND.get(reason)
+
+
+#: What QEMU's x86 TCG code logs (``-d cpu_reset``) just before it requests the reset
+#: that a triple fault causes; the ``SHUTDOWN`` event that follows says only
+#: ``guest-reset``.
+TRIPLE_FAULT_LOG = "Triple fault"
+
+
+def triple_faulted(reset_log: str) -> bool:
+    """Whether QEMU's CPU-reset log *reset_log* records a triple fault.
+
+    The log is rewritten at each QEMU start and the engine's QEMU ends at its first
+    reset (``-action reboot=shutdown``), so any such line is that reset's cause.
+    """
+    return any(line.strip() == TRIPLE_FAULT_LOG for line in reset_log.splitlines())
 
 
 def rtc_seconds(tm: Mapping[str, Any]) -> int:

@@ -63,6 +63,15 @@ def test_shutdown_reasons_map_onto_bhyve_suspend_reasons(reason: str, how: str |
     assert qmp.suspend_for(reason) == how
 
 
+def test_a_triple_fault_is_told_from_a_reset_by_qemus_reset_log() -> None:
+    # What -d cpu_reset writes: a CPU state dump per reset, and the line before the
+    # reset request when the reset is a triple fault's.
+    dump = "CPU Reset (CPU 0)\nEAX=00000000 EBX=00000000\nEFL=00000002 [-------]\n"
+    assert not qmp.triple_faulted(dump + dump)
+    assert qmp.triple_faulted(dump + "Triple fault\n" + dump)
+    assert not qmp.triple_faulted("")
+
+
 def test_the_rtc_struct_tm_reads_as_seconds_of_wall_time() -> None:
     tm = {"tm_year": 130, "tm_mon": 0, "tm_mday": 2, "tm_hour": 3, "tm_min": 4, "tm_sec": 5}
     assert qmp.rtc_seconds(tm) == 1893553445  # 2030-01-02T03:04:05 counted as UTC
