@@ -16,6 +16,7 @@ the kernel package): without them these tests skip, or fail under
 
 from __future__ import annotations
 
+import calendar
 import json
 import os
 import re
@@ -249,6 +250,17 @@ def test_bhyvectl_reads_the_rtc_the_guest_set(guest: RealGuest) -> None:
         ).stdout
 
     guest.wait_for("bhyvectl to see 2031", lambda: "May 06 07:08" in rtc() and "2031" in rtc(), 30)
+    # The other way: domtime --set (bhyvectl --set-rtc-time) reaches QEMU's chip, and
+    # the guest's hwclock reads it.
+    want = calendar.timegm((2029, 2, 3, 4, 5, 6))
+    guest.ctl("domtime", NAME, "--set", str(want))
+
+    def guest_rtc() -> bool:
+        guest.type("hwclock -r -u")
+        return re.search(r"Feb +3 04:0[5-9]:\d\d 2029", guest.console()) is not None
+
+    guest.wait_for("the guest to read 2029 from its RTC", guest_rtc, 30)
+    assert "2029" in rtc()
 
 
 def test_reboot_inside_the_guest_restarts_it(guest: RealGuest) -> None:

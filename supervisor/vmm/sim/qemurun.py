@@ -31,8 +31,11 @@ memory, devices, vCPUs). :func:`run` then replaces the scripted guest with QEMU:
      are halted with interrupts off, the guest halted for good and bhyve exits 2, as
      bhyve does when every vCPU executes ``hlt`` with interrupts disabled;
    - every second, QEMU's RTC (``qom-get /machine rtc-time``) is copied into the
-     simulated kernel, so ``bhyvectl --get-rtc-time`` reads the clock the guest set.
-     QEMU cannot be told a new RTC time: ``--set-rtc-time`` holds until the next copy.
+     simulated kernel, so ``bhyvectl --get-rtc-time`` reads the clock the guest set;
+     unless the kernel's RTC changed since the last copy (``bhyvectl --set-rtc-time``):
+     then the kernel's time goes the other way, written into QEMU's MC146818 through
+     HMP's ioport commands (:func:`supervisor.vmm.sim.qmp.rtc_set_commands`), and the
+     copies sent before that are ignored.
 """
 
 from __future__ import annotations
@@ -56,6 +59,7 @@ from queue import SimpleQueue
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from supervisor.vmm.sim import nbd, qmp
+from supervisor.vmm.sim.kernel import host_local_seconds
 from supervisor.vmm.sim.qemu import EngineChoice, qemu_argv, reset_log_path
 from supervisor.vmm.sim.qmp import Event, QmpSession, Reply
 
@@ -198,13 +202,23 @@ class _Runner:
         self.ready = False
         self.rtc_synced = 0.0
         self.nbd_socks: list[socket.socket] = []
+        #: The kernel's RTC offset as this runner last left it; another value means
+        #: bhyvectl --set-rtc-time set it.
+        self.rtc_offset_seen: float | None = None
+        #: A new RTC time is on its way into QEMU: QEMU's readings are stale till then.
+        self.rtc_pushing = False
+        #: RTC readings asked for before this command id predate the last push.
+        self.rtc_valid_from = 0
         self.reset_log = reset_log_path(bhyve.host.root, bhyve.name)
 
-    def send(self, name: str, arguments: dict[str, Any] | None = None) -> None:
+    def send(
+        self, name: str, arguments: dict[str, Any] | None = None, label: str | None = None
+    ) -> int:
         ident, data = self.session.command(name, arguments)
-        self.pending[ident] = name
+        self.pending[ident] = label or name
         with contextlib.suppress(OSError):
             self.sock.sendall(data)
+        return ident
 
     def release_devices(self) -> None:
         b = self.bhyve
@@ -320,9 +334,12 @@ class _Runner:
         if name == "qmp_capabilities":
             self.ready = True
         elif name == "qom-get" and isinstance(reply.value, dict):
-            # The guest sets its RTC (hwclock -w) in QEMU; bhyvectl reads the kernel's.
+            if not self.rtc_pushing and reply.id >= self.rtc_valid_from:
+                with contextlib.suppress(OSError, qmp.QmpProtocolError):
+                    self.sync_rtc(qmp.rtc_seconds(reply.value))
+        elif name == "rtc-reg-b" and isinstance(reply.value, str):
             with contextlib.suppress(OSError, qmp.QmpProtocolError):
-                self.bhyve.kernel.set_rtc(self.bhyve.name, qmp.rtc_seconds(reply.value))
+                self.push_rtc(qmp.parse_port_read(reply.value))
         elif name == "human-monitor-command" and isinstance(reply.value, str):
             if qmp.halted_for_good(reply.value):
                 self.finish("halt")
@@ -331,6 +348,32 @@ class _Runner:
             with contextlib.suppress(OSError), self.bhyve.kernel.update(self.bhyve.name) as vm:
                 vm.active = cpus
                 vm.debug = []
+
+    def sync_rtc(self, qemu_seconds: int) -> None:
+        """Copy QEMU's RTC into the kernel, or start telling QEMU the kernel's new time."""
+        b = self.bhyve
+        with b.kernel.update(b.name) as vm:
+            if self.rtc_offset_seen is not None and vm.rtc_offset != self.rtc_offset_seen:
+                # bhyvectl --set-rtc-time: the kernel's time is the news.
+                self.rtc_offset_seen = vm.rtc_offset
+                self.rtc_pushing = True
+                first, read = qmp.rtc_read_reg_b()
+                self.send("human-monitor-command", {"command-line": first}, label="rtc-write")
+                self.send("human-monitor-command", {"command-line": read}, label="rtc-reg-b")
+                return
+            # The guest sets its RTC (hwclock -w) in QEMU; bhyvectl reads the kernel's.
+            vm.rtc_offset = qemu_seconds - host_local_seconds()
+            self.rtc_offset_seen = vm.rtc_offset
+
+    def push_rtc(self, reg_b: int) -> None:
+        """Write the kernel's RTC time into QEMU's chip, whose register B is *reg_b*."""
+        b = self.bhyve
+        seconds = b.kernel.rtc_seconds(b.kernel.get(b.name))
+        last = 0
+        for line in qmp.rtc_set_commands(seconds, reg_b):
+            last = self.send("human-monitor-command", {"command-line": line}, label="rtc-write")
+        self.rtc_pushing = False
+        self.rtc_valid_from = last
 
     def on_event(self, event: Event) -> None:
         if event.name != "SHUTDOWN" or self.stopping is not None:
