@@ -35,6 +35,7 @@ from supervisor.errors import (
     OutOfRangeError,
     UnsupportedError,
 )
+from supervisor.rpc import bulk
 from supervisor.rpc.dispatch import CallContext, Registry
 from supervisor.vmm import bhyvectl, guestmem, hostparse, psinfo
 from supervisor.vmm.hostexec import run_tool
@@ -352,23 +353,37 @@ def register(reg: Registry, daemon: Daemon) -> None:
         return {"vcpu": vcpu}
 
     # Guest memory may hold secrets: like libvirt, never to a read-only connection.
-    @method("domain.memory_peek", access="rw")
+    @method("domain.memory_peek", access="rw", upgrade=True)
     async def memory_peek(
         ctx: CallContext,
         start: int,
         size: int,
         name: str | None = None,
         uuid: str | None = None,
+        stream: bool = False,
     ) -> dict[str, Any]:
         """*size* bytes (at most 1 MiB) of guest-physical memory from address *start*,
         base64 in ``data``. Holes below the end of RAM read as zeros; beyond it is an
-        error naming ``start`` or ``size``."""
+        error naming ``start`` or ``size``. With ``stream`` true, *size* has no cap:
+        the reply has no ``data``, and the connection then carries exactly ``size``
+        raw bytes and is closed (closed early if the VM goes away mid-way)."""
         g = daemon.lookup(name, uuid)
         running_pid(g)
-        if size > guestmem.MAX_PEEK or size < 0 or start < 0:
-            guestmem.check_range([], start, size)  # raises, naming the field
+        limit = None if stream else guestmem.MAX_PEEK
+        if size < 0 or start < 0 or (limit is not None and size > limit):
+            guestmem.check_range([], start, size, limit)  # raises, naming the field
         memmap = bhyvectl.parse_memmap(await _bhyvectl(host, bhyvectl.memmap_argv(g.domain.name)))
-        guestmem.check_range(memmap, start, size)
+        guestmem.check_range(memmap, start, size, limit)
+        if stream:
+            fd = await trio.to_thread.run_sync(guestmem.open_device, host.vmm_device(g.domain.name))
+
+            async def send(conn: trio.abc.Stream) -> None:
+                await bulk.send_range(
+                    conn, fd, start, size, read=guestmem.pread_memory, what=g.domain.name
+                )
+
+            ctx.after_reply = send
+            return {"start": start, "size": size, "stream": True}
         data = await trio.to_thread.run_sync(
             guestmem.read_memory, host.vmm_device(g.domain.name), start, size
         )
