@@ -55,32 +55,41 @@ async def send_range(
         The bytes sent (less than *size* only when the source or the client failed).
     """
     sent = 0
+    pending: bytes = b""
+    failed: list[Exception] = []
+
+    def next_chunk(at: int) -> bytes:
+        return read(fd, min(CHUNK, size - at), offset + at)
+
+    async def ahead(at: int) -> None:
+        nonlocal pending
+        try:
+            pending = await trio.to_thread.run_sync(next_chunk, at)
+        except OSError as exc:
+            failed.append(exc)
+
+    async def send(data: bytes) -> None:
+        try:
+            await stream.send_all(data)
+        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            failed.insert(0, exc)
+
     try:
-        pending: bytes | None = None
-        pos = 0
-
-        def next_chunk(at: int) -> bytes:
-            return read(fd, min(CHUNK, size - at), offset + at)
-
         if size:
             pending = await trio.to_thread.run_sync(next_chunk, 0)
         while pending:
-            data = pending
-            pos += len(data)
-            pending = None
-            if pos < size:
-                # Read ahead while this chunk goes out.
-                async with trio.open_nursery() as nursery:
-
-                    async def ahead(at: int = pos) -> None:
-                        nonlocal pending
-                        pending = await trio.to_thread.run_sync(next_chunk, at)
-
-                    nursery.start_soon(ahead)
-                    await stream.send_all(data)
-            else:
-                await stream.send_all(data)
+            data, pending = pending, b""
+            # Read the next chunk while this one goes out. Each side keeps its failure
+            # for after the nursery, so it is raised bare, not in a group.
+            async with trio.open_nursery() as nursery:
+                if sent + len(data) < size:
+                    nursery.start_soon(ahead, sent + len(data))
+                nursery.start_soon(send, data)
+            if failed and not isinstance(failed[0], OSError):
+                raise failed[0]
             sent += len(data)
+            if failed:
+                raise failed[0]
         if sent < size:
             LOGGER.warning("bulk_stream_short", source=what, sent=sent, size=size)
     except (trio.BrokenResourceError, trio.ClosedResourceError):
