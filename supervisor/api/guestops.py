@@ -390,7 +390,7 @@ def register(reg: Registry, daemon: Daemon) -> None:
 
             async def send(conn: trio.abc.Stream) -> None:
                 await bulk.send_range(
-                    conn, fd, start, size, read=guestmem.pread_memory, what=g.domain.name
+                    conn, fd, start, size, read=guestmem.preadinto_memory, what=g.domain.name
                 )
 
             ctx.after_reply = send

@@ -31,7 +31,7 @@ from typing import Final
 import structlog
 import trio
 
-__all__ = ["CHUNK", "send_range"]
+__all__ = ["CHUNK", "ReadInto", "send_range"]
 
 LOGGER = structlog.stdlib.get_logger("bhyvesupd.rpc")
 
@@ -85,13 +85,21 @@ async def _sendfile(sock: trio.socket.SocketType, fd: int, offset: int, size: in
     return sent
 
 
+ReadInto = Callable[[int, memoryview, int], int]
+"""``(fd, buffer, offset) -> bytes read``, like ``os.preadv(fd, [buffer], offset)``."""
+
+
+def _preadinto(fd: int, buf: memoryview, offset: int) -> int:
+    return os.preadv(fd, [buf], offset)
+
+
 async def send_range(
     stream: trio.abc.Stream,
     fd: int,
     offset: int,
     size: int,
     *,
-    read: Callable[[int, int, int], bytes] = os.pread,
+    read: ReadInto | None = None,
     what: str = "",
 ) -> int:
     """Send *size* bytes of the open *fd* from *offset* on *stream*, then close both.
@@ -101,29 +109,34 @@ async def send_range(
         fd: a file descriptor opened for reading; this function owns and closes it.
         offset: where in *fd* to start.
         size: how many bytes to send.
-        read: ``pread``-like (fd, size, offset) -> bytes; it may raise OSError, which
-            ends the stream early (the client notices the short count).
+        read: reads into a buffer (see :data:`ReadInto`); it may raise OSError, which
+            ends the stream early (the client notices the short count). None: a plain
+            ``preadv``, and ``sendfile(2)`` when *fd* is a regular file.
         what: names the source in the log.
 
     Returns:
         The bytes sent (less than *size* only when the source or the client failed).
     """
+    read_into = read or _preadinto
     sent = 0
     by_sendfile = False
-    pending: bytes = b""
+    # Two buffers, reused: one is sent while the next chunk is read into the other
+    # (a fresh 4 MiB object per chunk would be mapped and faulted in each time).
+    buffers: list[bytearray] = []
+    filled = 0
     failed: list[Exception] = []
 
-    def next_chunk(at: int) -> bytes:
-        return read(fd, min(CHUNK, size - at), offset + at)
+    def fill(at: int, buf: bytearray) -> int:
+        return read_into(fd, memoryview(buf)[: min(CHUNK, size - at)], offset + at)
 
-    async def ahead(at: int) -> None:
-        nonlocal pending
+    async def ahead(at: int, buf: bytearray) -> None:
+        nonlocal filled
         try:
-            pending = await trio.to_thread.run_sync(next_chunk, at)
+            filled = await trio.to_thread.run_sync(fill, at, buf)
         except OSError as exc:
             failed.append(exc)
 
-    async def send(data: bytes) -> None:
+    async def send(data: memoryview) -> None:
         try:
             await stream.send_all(data)
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
@@ -134,23 +147,26 @@ async def send_range(
         if sock is not None:
             with contextlib.suppress(OSError):
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER)
-            if read is os.pread and stat.S_ISREG(os.fstat(fd).st_mode):
+            if read is None and stat.S_ISREG(os.fstat(fd).st_mode):
                 with contextlib.suppress(_Unsendable):
                     sent = await _sendfile(sock, fd, offset, size)
                     by_sendfile = True
         if not by_sendfile and size:
-            pending = await trio.to_thread.run_sync(next_chunk, 0)
-        while pending:
-            data, pending = pending, b""
+            buffers += (bytearray(min(CHUNK, size)), bytearray(min(CHUNK, size)))
+            filled = await trio.to_thread.run_sync(fill, 0, buffers[0])
+        current = 0
+        while filled:
+            n, filled = filled, 0
             # Read the next chunk while this one goes out. Each side keeps its failure
             # for after the nursery, so it is raised bare, not in a group.
             async with trio.open_nursery() as nursery:
-                if sent + len(data) < size:
-                    nursery.start_soon(ahead, sent + len(data))
-                nursery.start_soon(send, data)
+                if sent + n < size:
+                    nursery.start_soon(ahead, sent + n, buffers[1 - current])
+                nursery.start_soon(send, memoryview(buffers[current])[:n])
             if failed and not isinstance(failed[0], OSError):
                 raise failed[0]
-            sent += len(data)
+            sent += n
+            current = 1 - current
             if failed:
                 raise failed[0]
         if sent < size:

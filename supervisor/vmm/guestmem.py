@@ -22,7 +22,15 @@ from typing import Final
 from supervisor.errors import HostToolError, InvalidStateError, OutOfRangeError
 from supervisor.vmm.bhyvectl import MemMapEntry
 
-__all__ = ["MAX_PEEK", "check_range", "open_device", "pread_memory", "ram_end", "read_memory"]
+__all__ = [
+    "MAX_PEEK",
+    "check_range",
+    "open_device",
+    "pread_memory",
+    "preadinto_memory",
+    "ram_end",
+    "read_memory",
+]
 
 #: The most bytes one ``domain.memory_peek`` call returns (the CLI reads in chunks).
 MAX_PEEK: Final = 1 << 20
@@ -118,6 +126,20 @@ def pread_memory(fd: int, size: int, start: int) -> bytes:
     """
     try:
         return os.pread(fd, size, start)
+    except OSError as e:
+        if e.errno == errno.EFAULT:
+            raise OutOfRangeError(
+                f"size: guest memory at {start:#x} is not mapped", field="size"
+            ) from None
+        if e.errno == errno.ENXIO:
+            raise InvalidStateError("the VM was destroyed during the read", field="name") from None
+        raise HostToolError(f"reading guest memory: {e.strerror}") from None
+
+
+def preadinto_memory(fd: int, buf: memoryview, start: int) -> int:
+    """:func:`pread_memory` into *buf*: the bytes read (possibly short)."""
+    try:
+        return os.preadv(fd, [buf], start)
     except OSError as e:
         if e.errno == errno.EFAULT:
             raise OutOfRangeError(

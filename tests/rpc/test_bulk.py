@@ -40,12 +40,12 @@ async def test_a_failing_source_ends_the_stream_short(tmp_path: Path) -> None:
     fd = os.open(tmp_path / "f", os.O_RDONLY)
     calls = 0
 
-    def read(fd: int, size: int, offset: int) -> bytes:
+    def read(fd: int, buf: memoryview, offset: int) -> int:
         nonlocal calls
         calls += 1
         if calls == 2:
             raise OSError(6, "Device not configured")  # ENXIO: the VM is gone
-        return os.pread(fd, size, offset)
+        return os.preadv(fd, [buf], offset)
 
     left, right = trio.testing.memory_stream_pair()
     sent = []
