@@ -128,29 +128,45 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
             )
             if ours is None:
                 print(f"  (dd of the same memory file: {dd_mem / MB:.0f} MB/s)")
-            # Copy: cp --sparse=always, then the daemon's block copy of the same image.
-            dest = d / "cp-copy.img"
-            t0 = time.monotonic()
-            subprocess.run(["cp", "--sparse=always", str(image), str(dest)], check=True)
-            cp_rate = os.path.getsize(image) / (time.monotonic() - t0)
-            cp_alloc = _allocated(str(dest))
+
+            # Copy: cp --sparse=always, then the daemon's block copy of the same image;
+            # each the best of ROUNDS. The daemon's copy ends with an fsync (a copy that
+            # may be pivoted to must be on disk), cp does not: cp followed by sync(1) of
+            # the copy is shown as well, the same work as the daemon's.
+            def cp_once(sync: bool) -> tuple[float, int]:
+                dest = d / "cp-copy.img"
+                t0 = time.monotonic()
+                subprocess.run(["cp", "--sparse=always", str(image), str(dest)], check=True)
+                if sync:
+                    subprocess.run(["sync", str(dest)], check=True)
+                rate = os.path.getsize(image) / (time.monotonic() - t0)
+                alloc = _allocated(str(dest))
+                dest.unlink()
+                return rate, alloc
+
+            cp_rate, cp_alloc = max(cp_once(False) for _ in range(ROUNDS))
+            cp_sync_rate = max(cp_once(True)[0] for _ in range(ROUNDS))
             ours_rate = None
             ours_alloc = None
             try:
                 # A running guest's plain file (not on ZFS) cannot be copied consistently.
                 daemon.call("domain.destroy", name=name)
-                target = f"/var/vm/{name}/copy.img"
-                with daemon.client() as c:
-                    t0 = time.monotonic()
-                    job = c.call("domain.block_copy", name=name, disk="vda", dest=target)
-                    while job["state"] == "running":
-                        time.sleep(0.002)
-                        job = c.call("job.get", id=job["id"])
-                    elapsed = time.monotonic() - t0
-                if job["state"] != "completed":
-                    raise RuntimeError(f"block copy ended {job['state']}: {job['error']}")
-                ours_rate = os.path.getsize(image) / elapsed
-                ours_alloc = _allocated(sim.host.path(target))
+                for i in range(ROUNDS):
+                    target = f"/var/vm/{name}/copy{i}.img"
+                    with daemon.client() as c:
+                        t0 = time.monotonic()
+                        job = c.call("domain.block_copy", name=name, disk="vda", dest=target)
+                        while job["state"] == "running":
+                            time.sleep(0.002)
+                            job = c.call("job.get", id=job["id"])
+                        elapsed = time.monotonic() - t0
+                    if job["state"] != "completed":
+                        raise RuntimeError(f"block copy ended {job['state']}: {job['error']}")
+                    rate = os.path.getsize(image) / elapsed
+                    if ours_rate is None or rate > ours_rate:
+                        ours_rate = rate
+                    ours_alloc = _allocated(sim.host.path(target))
+                    os.unlink(sim.host.path(target))
             except MethodNotFoundError:
                 pass
             out.append(
@@ -170,6 +186,16 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
                     f"{cp_alloc / MB:.0f} MB allocated of {os.path.getsize(image) / MB:.0f})"
                 )
             else:
+                out.append(
+                    report(
+                        "copy.rate_vs_cp_sync",
+                        ours_rate / MB,
+                        "MB/s",
+                        peer=cp_sync_rate / MB,
+                        peer_name="cp --sparse=always; sync FILE",
+                        lower_is_better=False,
+                    )
+                )
                 out.append(
                     report(
                         "copy.allocated",
