@@ -92,8 +92,6 @@ LOG_NAME = "nmdm.log"
 BUFFER_LIMIT = 256 * 1024
 #: The most the relay reads from a master at once.
 READ_SIZE = 64 * 1024
-#: Reads of one master per wakeup at most, so one busy pair cannot starve the others.
-DRAIN_READS = 16
 #: How long a client waits for the relay to start, answer, or go away (seconds).
 START_TIMEOUT = 30.0
 REQUEST_TIMEOUT = 30.0
@@ -430,50 +428,32 @@ class _Relay:
     # Data path -------------------------------------------------------------------
 
     def _read(self, pair: _Pair, end: _End) -> None:
-        # A pty hands out at most its line discipline's buffer (4 KiB on Linux) per
-        # read: drain what is there, passing it on as it comes, before going back to
-        # select, which would otherwise cost a wakeup per 4 KiB.
-        for _ in range(DRAIN_READS):
-            room = BUFFER_LIMIT - len(end.pending)
-            if room <= 0:
-                break
-            try:
-                data = os.read(end.master, min(READ_SIZE, room))
-            except (BlockingIOError, InterruptedError):
-                break
-            except OSError as exc:
-                # EIO would mean the slave hung up, which the held descriptor prevents.
-                if exc.errno != errno.EIO:
-                    raise
-                break
-            if not data:
-                break
-            end.pending += data
-            if not self._pass_on(pair, end):
-                break  # the peer is full: select will say when it takes more
-        self._watch(end, pair)
-        self._watch(pair.peer(end), pair)
+        try:
+            data = os.read(end.master, min(READ_SIZE, BUFFER_LIMIT - len(end.pending)))
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:
+            # EIO would mean the slave hung up, which the held descriptor prevents.
+            if exc.errno != errno.EIO:
+                raise
+            return
+        end.pending += data
+        self._flush(pair, end)
 
-    def _pass_on(self, pair: _Pair, source: _End) -> bool:
-        """Write what *source* sent to the peer's master; whether all of it went."""
+    def _flush(self, pair: _Pair, source: _End) -> None:
+        """Write what *source* sent to the peer's master, as far as it will take it."""
         target = pair.peer(source)
         buf = source.pending
         while buf:
             try:
                 written = os.write(target.master, buf)
             except (BlockingIOError, InterruptedError):
-                return False
+                break
             except OSError as exc:
                 if exc.errno != errno.EIO:
                     raise
-                return False
+                break
             del buf[:written]
-        return True
-
-    def _flush(self, pair: _Pair, source: _End) -> None:
-        """Write what *source* sent to the peer's master, as far as it will take it."""
-        target = pair.peer(source)
-        self._pass_on(pair, source)
         self._watch(source, pair)
         self._watch(target, pair)
 
