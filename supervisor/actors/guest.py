@@ -730,10 +730,11 @@ class GuestActor:
     # -- runtime files --------------------------------------------------------------------------
 
     def _write_pid(self, pid: int) -> None:
+        # The status file follows once the launch is applied (same step, no await
+        # between): writing it here too cost a third write per start.
         write_atomic(
             self.host.path(self.paths.pid_file(self.name)), f"{pid}\n".encode(), durable=False
         )
-        self._write_status()
 
     def _write_status(self) -> None:
         info = self.info()
