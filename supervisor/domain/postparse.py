@@ -157,7 +157,9 @@ def _implicit_bridges(domain: Domain) -> Domain:
         domain.uses_bootrom
         or bool(domain.serials)
         or bool(domain.consoles)
-        or (bool(domain.graphics) and bool(domain.videos))
+        # A framebuffer always has a video: a missing one is added below. Counting it
+        # here keeps a definition read back from gaining the LPC bridge later.
+        or bool(domain.graphics)
     )
     if needs_lpc and domain.os.arch != "aarch64":
         domain = _add_controller(domain, Controller(type="isa", index=0))

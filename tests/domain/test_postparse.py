@@ -92,3 +92,18 @@ def test_post_parse_is_idempotent() -> None:
         os="<type>hvm</type><loader>/fw</loader>",
     )
     assert post_parse(d) == d
+
+
+def test_a_framebuffer_without_video_reads_back_the_same() -> None:
+    # The default video is added before the implicit controllers, so the guest gets
+    # its LPC bridge at once instead of on the next read of its own definition.
+    from supervisor.domain.xml import format_domain_xml
+
+    d = parse_domain_xml(
+        """<domain type='bhyve'><name>fb</name><memory unit='MiB'>64</memory><vcpu>1</vcpu>
+        <os><type>hvm</type></os><devices>
+        <graphics type='vnc' port='5900' autoport='no' listen='127.0.0.1'/>
+        </devices></domain>"""
+    )
+    assert [v.model for v in d.videos] == ["gop"]
+    assert parse_domain_xml(format_domain_xml(d)) == d
