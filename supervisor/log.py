@@ -22,6 +22,64 @@ _SHARED: list[structlog.types.Processor] = [
 ]
 
 
+class _LogFile(logging.handlers.WatchedFileHandler):
+    """The log file, quiet when it cannot be written.
+
+    The stdlib prints a traceback on stderr for every record a handler fails to write:
+    on a full filesystem that is one traceback per event, for as long as it stays full.
+    This handler says once on stderr that records are being lost and why, and once
+    that they are written again.
+    """
+
+    _failing = False
+    _failed_now = False
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self._failed_now = False
+        try:
+            try:
+                self.reopenIfNeeded()
+            except OSError:
+                # The file was rotated away holding records it had no room for: they
+                # go with it. (The stdlib lets this error out of the logging call.)
+                self._drop_stream()
+                self.stream = self._open()
+                self._statstream()
+            logging.FileHandler.emit(self, record)
+        except OSError:
+            self.handleError(record)
+        if self._failing and not self._failed_now:
+            self._failing = False
+            sys.stderr.write(f"bhyvesupd: log file {self.baseFilename}: writable again\n")
+
+    def _drop_stream(self) -> None:
+        stream, self.stream = self.stream, None
+        if stream is not None:
+            try:
+                stream.close()
+            except OSError:
+                pass
+
+    def close(self) -> None:
+        try:
+            super().close()
+        except OSError:
+            pass  # the unwritten tail is lost; closing must not fail for it
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        exc = sys.exc_info()[1]
+        if not isinstance(exc, OSError):
+            super().handleError(record)
+            return
+        self._failed_now = True
+        if not self._failing:
+            self._failing = True
+            sys.stderr.write(
+                f"bhyvesupd: log file {self.baseFilename}: {exc.strerror or exc}; "
+                "records are lost until it can be written again\n"
+            )
+
+
 def configure(*, level: str = "info", log_file: str | None = None, console: bool = True) -> None:
     """Set up logging for the daemon.
 
@@ -37,7 +95,7 @@ def configure(*, level: str = "info", log_file: str | None = None, console: bool
     root.setLevel(level.upper())
     if log_file is not None:
         os.makedirs(os.path.dirname(log_file) or ".", exist_ok=True)
-        file_handler = logging.handlers.WatchedFileHandler(log_file)
+        file_handler = _LogFile(log_file)
         file_handler.setFormatter(
             structlog.stdlib.ProcessorFormatter(
                 foreign_pre_chain=_SHARED,

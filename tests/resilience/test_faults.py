@@ -84,12 +84,15 @@ def guest_xml(name: str, *, uefi: bool) -> str:
 class Rig:
     """The daemon on a simulated host, with the checks the invariants need."""
 
-    def __init__(self, root: Path, out: Path) -> None:
+    def __init__(self, root: Path, out: Path, config: Path | None = None) -> None:
         self.root = root
         self.out = out
+        self.config = config
+        #: The run_dir of the daemon's configuration, relative to the host's root.
+        self.run_dir = "var/run/bhyvesupd"
         self.socket = str(root / "var/run/bhyvesupd/bhyvesupd.sock")
         self.proc: subprocess.Popen[bytes] | None = None
-        self.defined: dict[str, str] = {}
+        self.defined: dict[str, Any] = {}
         self.violations: list[str] = []
 
     # -- the daemon ------------------------------------------------------------------
@@ -104,6 +107,7 @@ class Rig:
                     "--sim",
                     str(self.root),
                     "--no-examples",
+                    *(["--config", str(self.config)] if self.config else []),
                 ],
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -230,7 +234,7 @@ class Rig:
             if self.call("domain.get_xml", name=name) != self.defined[name]:
                 found.append(f"{name}: definition changed")
             info = self.info(name)
-            pidfile = self.root / f"var/run/bhyvesupd/{name}.pid"
+            pidfile = self.root / self.run_dir / f"{name}.pid"
             vmm = self.root / f"dev/vmm/{name}"
             bhyves = bhyve_pids(name)
             if info["state"] == "running":
