@@ -3,7 +3,9 @@
 Faults: ``kill -9`` of bhyve, every way a guest ends bhyve (reboot → 0, poweroff → 1,
 halt → 2, triple fault → 3, abort → SIGABRT), loader failures (the boot disk vanishes
 under bhyveload), clients that drop mid-call (half a request, a call then a hang-up, a
-console attachment closed at once), and ``kill -9`` of the daemon followed by a restart.
+console attachment closed at once), and ``kill -9`` of the daemon followed by a restart,
+with one guest's bhyve killed while no daemon watches. (The full state filesystem is in
+``test_fullfs.py``.)
 
 Invariants, checked after every fault:
 
@@ -12,7 +14,10 @@ Invariants, checked after every fault:
   state each fault must lead to;
 - definitions are intact: each guest's XML is what was defined;
 - nothing is left behind: a guest that is not running has no /dev/vmm entry, no pid file
-  and no bhyve process; a running one has exactly one bhyve, named in its pid file.
+  and no bhyve process; a running one has exactly one bhyve, named in its pid file;
+- across a ``kill -9`` of the daemon, every running guest is adopted as it was (running,
+  the same bhyve pid, its console reopened: it echoes what is typed), and a guest whose
+  bhyve died meanwhile leaves nothing (VM, pid file, socket, tap, tap table entry).
 
 The bounded run (CI) injects a few dozen faults; ``--resilience-long`` (or
 ``BHYVESUP_RESILIENCE_LONG=N`` for N faults) runs the long mode. The seed is printed, and
