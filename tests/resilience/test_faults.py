@@ -44,7 +44,7 @@ import pytest
 
 from supervisor.errors import SupervisorError
 from supervisor.rpc.client import Client
-from supervisor.vmm.sim import ifconfig
+from supervisor.vmm.sim import ifconfig, procs
 
 NS = "urn:bhyve-supervisor:domain:1"
 #: Seconds a guest may take to settle after a fault.
@@ -244,10 +244,13 @@ class Rig:
             info = self.info(name)
             pidfile = self.root / self.run_dir / f"{name}.pid"
             vmm = self.root / f"dev/vmm/{name}"
-            bhyves = bhyve_pids(name)
+            bhyves = bhyve_pids(self.root, name)
             if info["state"] == "running":
                 if bhyves != [info["pid"]]:
-                    found.append(f"{name}: running as {info['pid']}, bhyves {bhyves}")
+                    found.append(
+                        f"{name}: running as {info['pid']}, bhyves "
+                        + ", ".join(describe_process(p) for p in bhyves)
+                    )
                 if not pidfile.exists() or int(pidfile.read_text()) != info["pid"]:
                     found.append(f"{name}: pid file does not name {info['pid']}")
             elif info["state"] in ("shutoff", "crashed"):
@@ -259,8 +262,11 @@ class Rig:
         return found
 
 
-def bhyve_pids(name: str) -> list[int]:
-    """Live simulated bhyve processes of *name* (by their title, as ps shows it)."""
+def bhyve_pids(root: Path, name: str) -> list[int]:
+    """Live simulated bhyve processes of *name* on the host at *root*: by their title,
+    as ps shows it, among the processes that host registered. (Other suites on the
+    same machine run guests of the same names on hosts of their own.)"""
+    mine = set(procs.live(str(root)))
     out = []
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
@@ -272,9 +278,19 @@ def bhyve_pids(name: str) -> list[int]:
                 state = f.read().rpartition(")")[2].split()[0]
         except OSError:
             continue
-        if cmd.rstrip(b"\0") == f"bhyve: {name}".encode() and state != "Z":
+        if cmd.rstrip(b"\0") == f"bhyve: {name}".encode() and state != "Z" and int(entry) in mine:
             out.append(int(entry))
     return sorted(out)
+
+
+def describe_process(pid: int) -> str:
+    """*pid* with what /proc says of it (state, parent, threads), for a report."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as f:
+            fields = f.read().rpartition(")")[2].split()
+    except OSError:
+        return f"{pid} (gone)"
+    return f"{pid} (state {fields[0]}, ppid {fields[1]}, threads {fields[17]})"
 
 
 @pytest.fixture
@@ -440,8 +456,8 @@ def leftovers(rig: Rig, name: str) -> list[str]:
     table = rig.root / rig.run_dir / "taps.json"
     if table.exists() and name in json.loads(table.read_text()):
         left.append(f"{name} in {table.name}")
-    if bhyve_pids(name):
-        left.append(f"bhyve {bhyve_pids(name)}")
+    if bhyve_pids(rig.root, name):
+        left.append(f"bhyve {bhyve_pids(rig.root, name)}")
     return left
 
 
@@ -483,10 +499,10 @@ def daemon_kill9(rig: Rig, guests: list[str], injected: Counter[str]) -> None:
     os.kill(dead, signal.SIGKILL)
     injected["bhyve-kill-9-unwatched"] += 1
     deadline = time.monotonic() + SETTLE
-    while bhyve_pids(NETGUEST) and time.monotonic() < deadline:
+    while bhyve_pids(rig.root, NETGUEST) and time.monotonic() < deadline:
         time.sleep(0.05)
     for name, pid in running.items():
-        if bhyve_pids(name) != [pid]:
+        if bhyve_pids(rig.root, name) != [pid]:
             rig.violations.append(f"{name}: bhyve {pid} did not outlive the daemon")
     rig.start_daemon()
     for name, pid in running.items():

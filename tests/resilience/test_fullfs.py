@@ -155,7 +155,7 @@ def test_full_state_filesystem(full_rig: tuple[Rig, Path]) -> None:
     # The running guest is untouched and its console still works (its log cannot grow).
     assert echo(rig, "up", "still-here")
     assert rig.info("up")["pid"] == pid
-    assert bhyve_pids("up") == [pid]
+    assert bhyve_pids(rig.root, "up") == [pid]
     assert {n: (domains / f"{n}.xml").read_bytes() for n in rig.defined} == on_disk
     assert not [p for p in os.listdir(domains) if not p.endswith(".xml")]
 
