@@ -131,3 +131,29 @@ def test_leftovers_without_a_bhyve_are_cleaned(tmp_path: Path, host_root: Path) 
         assert second.call("domain.start", name="delta")["state"] == "running"
     finally:
         stop_daemon(second)
+
+
+def test_a_shutdown_under_way_is_finished_by_the_next_daemon(
+    tmp_path: Path, host_root: Path
+) -> None:
+    log = tmp_path / "daemon.out"
+    first = spawn_daemon(host_root, log, "--no-examples")
+    first.define("stubborn", policy="<bhyvesup:stop-timeout>2</bhyvesup:stop-timeout>")
+    pid = first.call("domain.start", name="stubborn")["pid"]
+    first.wait_console("stubborn", r"stubborn# ")
+    first.type("stubborn", "ignore-acpi")
+    first.wait_console("stubborn", r"ignor")
+    time.sleep(0.5)  # ACPI enabled: SIGTERM is a button press the guest ignores
+    first.call("domain.shutdown", name="stubborn")
+    assert first.info("stubborn")["state"] == "stopping"
+    kill_daemon(first)
+    second = spawn_daemon(host_root, log, "--no-examples")
+    try:
+        info = second.info("stubborn")
+        assert (info["state"], info["pid"]) == ("stopping", pid)
+        # The escalation was re-armed: forced off after the stop timeout.
+        second.wait_for("forced off", lambda: second.info("stubborn")["state"] == "shutoff")
+        assert second.info("stubborn")["last_exit"]["code"] == 1
+        assert not alive(pid)
+    finally:
+        stop_daemon(second)

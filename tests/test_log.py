@@ -63,3 +63,20 @@ def test_a_log_file_that_cannot_be_written_is_reported_once_then_recovers(
     logger.info("guest_started", pid=100)
     assert capsys.readouterr().err == f"bhyvesupd: log file {path}: writable again\n"
     assert [json.loads(line)["pid"] for line in path.read_text().splitlines()] == [99, 100]
+
+
+def test_stderr_that_is_no_terminal_gets_the_file_lines(
+    tmp_path: Path, restore_logging: None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "bhyvesupd.log"
+    logsetup.configure(level="info", log_file=str(path), console=True)
+    logger = logsetup.get_logger("bhyvesupd.guest").bind(guest="web1")
+    logger.info("guest_started", pid=42, boot=1)
+    logger.warning("status_write_failed", error="No space left on device")
+    err = capsys.readouterr().err
+    assert err == path.read_text()
+    events = [json.loads(line) for line in err.splitlines()]
+    assert [(e["event"], e["level"]) for e in events] == [
+        ("guest_started", "info"),
+        ("status_write_failed", "warning"),
+    ]

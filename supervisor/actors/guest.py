@@ -375,12 +375,7 @@ class GuestActor:
     async def _take_over(self, pid: int, saved: dict[str, Any]) -> None:
         plan = self._safe_plan()
         self.last_plan = plan
-        if self.console is not None and not self.console.is_open:
-            await self.console.open()
-        if self.console is not None and not self._console_running:
-            self._console_running = True
-            assert self._nursery is not None
-            self._nursery.start_soon(self._pump_console)
+        await self._hold_console()
         self._apply(lc.Adopted(pid=pid, **_history(saved)))
         assert self._nursery is not None
         self._nursery.start_soon(self._watch_adopted, pid, time.monotonic() - _runtime(saved))
@@ -452,6 +447,10 @@ class GuestActor:
     def _apply(self, event: lc.Event) -> None:
         before = self.machine.state
         actions = self.machine.handle(event, time.monotonic())
+        if self.machine.state is not before and self.machine.state in _RESUMABLE:
+            # A daemon adopting this bhyve after us must know a stop or reboot is under
+            # way (see adopt()).
+            self._write_status()
         for action in actions:
             self._act(action)
         if self.machine.state is not before or not isinstance(event, lc.TimerFired):
@@ -613,12 +612,7 @@ class GuestActor:
                     self.last_error = str(exc)
                     self._apply(lc.LaunchFailed(reason=str(exc)))
                     return None
-            if self.console is not None and not self.console.is_open:
-                await self.console.open()
-            if self.console is not None and not self._console_running:
-                self._console_running = True
-                assert self._nursery is not None
-                self._nursery.start_soon(self._pump_console)
+            await self._hold_console()
             if plan.device_map is not None and plan.device_map_path is not None:
                 write_atomic(
                     self.host.path(plan.device_map_path), plan.device_map.encode(), durable=False
@@ -692,6 +686,18 @@ class GuestActor:
             self._proc = None
         self._apply(lc.Exited(status, runtime))
 
+    async def _hold_console(self) -> None:
+        # The B side is held, and drained, from before bhyve starts until the guest is
+        # gone: nothing the guest prints is lost, even with no client attached.
+        if self.console is None:
+            return
+        if not self.console.is_open:
+            await self.console.open()
+        if not self._console_running:
+            self._console_running = True
+            assert self._nursery is not None
+            self._nursery.start_soon(self._pump_console)
+
     async def _pump_console(self) -> None:
         assert self.console is not None
         try:
@@ -724,10 +730,11 @@ class GuestActor:
     # -- runtime files --------------------------------------------------------------------------
 
     def _write_pid(self, pid: int) -> None:
+        # The status file follows once the launch is applied (same step, no await
+        # between): writing it here too cost a third write per start.
         write_atomic(
             self.host.path(self.paths.pid_file(self.name)), f"{pid}\n".encode(), durable=False
         )
-        self._write_status()
 
     def _write_status(self) -> None:
         info = self.info()
@@ -742,6 +749,9 @@ class GuestActor:
             self._log.warning("status_write_failed", error=exc.strerror)
 
 
+_RESUMABLE = frozenset({lc.State.STOPPING, lc.State.REBOOTING})
+
+
 def _is_bhyve_of(title: str | None, name: str) -> bool:
     # "bhyve: web1" (the simulated host), "bhyve: web1 (bhyve)" (FreeBSD's ps -o args);
     # never "bhyve: web10".
@@ -752,9 +762,11 @@ def _is_bhyve_of(title: str | None, name: str) -> bool:
 
 def _history(saved: dict[str, Any]) -> dict[str, Any]:
     boots = saved.get("boot_count")
+    state = saved.get("state")
     return {
         "boot_count": boots if isinstance(boots, int) else 1,
         "uptime": _runtime(saved),
+        "resume": state if state in ("stopping", "rebooting") else "running",
     }
 
 

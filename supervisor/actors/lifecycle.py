@@ -258,6 +258,9 @@ class Adopted:
     pid: int
     boot_count: int
     uptime: float
+    #: What the earlier daemon was doing with it: ``running``, or a ``stopping`` or
+    #: ``rebooting`` it had asked for (the power button was pressed already).
+    resume: str = "running"
 
 
 @attrs.frozen
@@ -539,6 +542,16 @@ def _adopted(m: Lifecycle, e: Adopted, now: float) -> list[Action]:
     m.pid = e.pid
     m.started_at = now - max(0.0, e.uptime)
     m.boot_count = max(e.boot_count, 1)
+    # A stop or reboot the earlier daemon started goes on: its power-button press is not
+    # repeated (a second press can cancel the first), only the escalation is re-armed.
+    if e.resume == "stopping":
+        m.intent = Intent.STOP
+        m._to(State.STOPPING, "stopping (adopted during a shutdown)")
+        return [ArmTimer(Timer.STOP, m.policy.stop_timeout)]
+    if e.resume == "rebooting":
+        m.intent = Intent.RESTART
+        m._to(State.REBOOTING, "rebooting (adopted during a reboot)")
+        return [ArmTimer(Timer.STOP, m.policy.stop_timeout)]
     m.intent = Intent.NONE
     m._to(State.RUNNING, "running (adopted after a daemon restart)")
     return []

@@ -294,7 +294,8 @@ def register(reg: Registry, daemon: Daemon) -> None:
                 console.detach(att)
 
         ctx.after_reply = pump
-        return {"attached": True, "writer": writer}
+        state = daemon.lookup(name, uuid).actor.state.value
+        return {"attached": True, "writer": writer, "state": state}
 
     # -- events.* ----------------------------------------------------------------------------
 

@@ -35,6 +35,7 @@ from supervisor.errors import (
     OutOfRangeError,
     UnsupportedError,
 )
+from supervisor.rpc import bulk
 from supervisor.rpc.dispatch import CallContext, Registry
 from supervisor.vmm import bhyvectl, guestmem, hostparse, psinfo
 from supervisor.vmm.hostexec import run_tool
@@ -351,24 +352,49 @@ def register(reg: Registry, daemon: Daemon) -> None:
         await _bhyvectl(host, bhyvectl.inject_nmi_argv(d.name, vcpu))
         return {"vcpu": vcpu}
 
+    #: Guest name -> (bhyve pid, end of its RAM), learnt from its memory map.
+    ram_ends: dict[str, tuple[int, int]] = {}
+
     # Guest memory may hold secrets: like libvirt, never to a read-only connection.
-    @method("domain.memory_peek", access="rw")
+    @method("domain.memory_peek", access="rw", upgrade=True)
     async def memory_peek(
         ctx: CallContext,
         start: int,
         size: int,
         name: str | None = None,
         uuid: str | None = None,
+        stream: bool = False,
     ) -> dict[str, Any]:
         """*size* bytes (at most 1 MiB) of guest-physical memory from address *start*,
         base64 in ``data``. Holes below the end of RAM read as zeros; beyond it is an
-        error naming ``start`` or ``size``."""
+        error naming ``start`` or ``size``. With ``stream`` true, *size* has no cap:
+        the reply has no ``data``, and the connection then carries exactly ``size``
+        raw bytes and is closed (closed early if the VM goes away mid-way)."""
         g = daemon.lookup(name, uuid)
-        running_pid(g)
-        if size > guestmem.MAX_PEEK or size < 0 or start < 0:
-            guestmem.check_range([], start, size)  # raises, naming the field
-        memmap = bhyvectl.parse_memmap(await _bhyvectl(host, bhyvectl.memmap_argv(g.domain.name)))
-        guestmem.check_range(memmap, start, size)
+        pid = running_pid(g)
+        limit = None if stream else guestmem.MAX_PEEK
+        if size < 0 or start < 0 or (limit is not None and size > limit):
+            guestmem.check_range([], start, size, limit)  # raises, naming the field
+        known = ram_ends.get(g.domain.name)
+        if known is None or known[0] != pid or start + size > known[1]:
+            # Every page below the end of RAM reads, and that end is fixed for the VM's
+            # life: only a range reaching past it needs the current map (ROMs,
+            # framebuffers and BARs may move); the map costs a bhyvectl run.
+            memmap = bhyvectl.parse_memmap(
+                await _bhyvectl(host, bhyvectl.memmap_argv(g.domain.name))
+            )
+            ram_ends[g.domain.name] = (pid, guestmem.ram_end(memmap))
+            guestmem.check_range(memmap, start, size, limit)
+        if stream:
+            fd = await trio.to_thread.run_sync(guestmem.open_device, host.vmm_device(g.domain.name))
+
+            async def send(conn: trio.abc.Stream) -> None:
+                await bulk.send_range(
+                    conn, fd, start, size, read=guestmem.preadinto_memory, what=g.domain.name
+                )
+
+            ctx.after_reply = send
+            return {"start": start, "size": size, "stream": True}
         data = await trio.to_thread.run_sync(
             guestmem.read_memory, host.vmm_device(g.domain.name), start, size
         )

@@ -27,11 +27,19 @@ from supervisor.errors import (
     UnsupportedError,
 )
 from supervisor.jobs import Job, JobRegistry
+from supervisor.rpc import bulk
 from supervisor.rpc.dispatch import CallContext, Registry
 from supervisor.storage import copy as copymod
 from supervisor.storage import stats as statsmod
 from supervisor.storage import zfsparse
-from supervisor.storage.disks import FileDisk, ZvolDisk, backend_for, find_disk, peek
+from supervisor.storage.disks import (
+    FileDisk,
+    ZvolDisk,
+    backend_for,
+    find_disk,
+    open_for_stream,
+    peek,
+)
 from supervisor.storage.ninep import NinePCheck
 from supervisor.storage.zfs import ZfsCli, load_lzc
 from supervisor.vmm.argv import build_commands
@@ -173,7 +181,7 @@ def register(reg: Registry, daemon: Daemon) -> None:
             ) from None
         return {"disk": disk, "kind": b.kind, "source": b.source, **attrs.asdict(info)}
 
-    @method("domain.block_peek", access="ro")
+    @method("domain.block_peek", access="ro", upgrade=True)
     async def block_peek(
         ctx: CallContext,
         disk: str,
@@ -181,9 +189,22 @@ def register(reg: Registry, daemon: Daemon) -> None:
         size: int,
         name: str | None = None,
         uuid: str | None = None,
+        stream: bool = False,
     ) -> dict[str, Any]:
-        """*size* bytes (at most 1 MiB) at *offset* of a disk, base64 in ``data``."""
+        """*size* bytes (at most 1 MiB) at *offset* of a disk, base64 in ``data``.
+
+        With ``stream`` true, *size* has no cap: the reply has no ``data``, and the
+        connection then carries exactly ``size`` raw bytes and is closed.
+        """
         b = backend(daemon.lookup(name, uuid), disk)
+        if stream:
+            fd = await open_for_stream(b, offset, size)
+
+            async def send(conn: trio.abc.Stream) -> None:
+                await bulk.send_range(conn, fd, offset, size, what=b.source)
+
+            ctx.after_reply = send
+            return {"offset": offset, "size": size, "stream": True}
         data = await peek(b, offset, size)
         return {"offset": offset, "size": len(data), "data": base64.b64encode(data).decode()}
 

@@ -50,6 +50,7 @@ __all__ = [
     "exit_status_for",
     "out",
     "positive_seconds",
+    "read_input",
     "register",
     "run",
     "socket_path",
@@ -267,7 +268,8 @@ def cmd_restart(args: argparse.Namespace) -> int:
     return _for_each(args, act, timeout=_shutdown_timeout(args) + CALL_TIMEOUT)
 
 
-def _read_input(path: str) -> str:
+def read_input(path: str) -> str:
+    """The text of file *path*, or standard input for ``-``; errors name the file."""
     if path == "-":
         return sys.stdin.read()
     try:
@@ -280,7 +282,7 @@ def _read_input(path: str) -> str:
 
 
 def cmd_define(args: argparse.Namespace) -> int:
-    xml = _read_input(args.file)
+    xml = read_input(args.file)
     with connect(args) as client:
         info = client.call("domain.define", xml=xml)
     source = "standard input" if args.file == "-" else args.file
@@ -328,6 +330,10 @@ def cmd_console(args: argparse.Namespace) -> int:
         reply = client.call("console.attach", name=args.name, mode="rw")
         if not reply.get("writer", True):
             error(f"{args.name}: another client holds the console; attached read-only")
+        state = reply.get("state", "running")
+        if state not in ("running", "starting", "rebooting"):
+            # Attaching still works (to watch the next boot), but nothing answers now.
+            error(f"{args.name} is {state}: the console stays quiet until the guest runs")
         sock, initial = client.raw_socket()
     finally:
         client.close()  # a no-op once raw_socket() took the socket over

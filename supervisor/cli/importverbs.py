@@ -30,18 +30,6 @@ from supervisor.host import FIRMWARE_DIR
 __all__ = ["owns", "register"]
 
 
-def _read(path: str) -> str:
-    try:
-        if path == "-":
-            return sys.stdin.read()
-        with open(path, encoding="utf-8") as f:
-            return f.read()
-    except OSError as exc:
-        raise SupervisorError(f"{path}: {exc.strerror or exc}") from None
-    except UnicodeDecodeError as exc:
-        raise SupervisorError(f"{path}: not UTF-8 text (byte {exc.start})") from None
-
-
 def _emit(args: argparse.Namespace, domain: Domain, source: str) -> None:
     # The XML codec (lxml) and the converters load only for these verbs: every other
     # bhyvesupctl command starts without them.
@@ -92,7 +80,7 @@ def _switches(vm_dir: str) -> dict[str, str | None] | None:
     path = os.path.join(vm_dir, ".config", "system.conf")
     if not os.path.isfile(path):
         return None
-    values, _ = parse_conf(_read(path))
+    values, _ = parse_conf(control.read_input(path))
     return switch_bridges(values)
 
 
@@ -109,7 +97,7 @@ def cmd_import_vmbhyve(args: argparse.Namespace) -> int:
             status = status or control.EXIT_NOT_FOUND
             continue
         try:
-            values, problems = parse_conf(_read(conf_path))
+            values, problems = parse_conf(control.read_input(conf_path))
             result = domain_from_vmbhyve(
                 name,
                 values,
@@ -131,7 +119,7 @@ def cmd_import_vmbhyve(args: argparse.Namespace) -> int:
 def cmd_import_argv(args: argparse.Namespace) -> int:
     from supervisor.vmm.native import domain_from_native
 
-    result = domain_from_native(_read(args.file))
+    result = domain_from_native(control.read_input(args.file))
     domain = result.domain
     if args.name is not None:
         try:

@@ -17,7 +17,7 @@ import socket
 from collections import deque
 from collections.abc import Iterator
 from types import TracebackType
-from typing import Any, Final, NoReturn
+from typing import Any, BinaryIO, Final, NoReturn
 
 from supervisor.errors import InvalidValueError, PermissionDeniedError
 from supervisor.host import SOCKET_PATH
@@ -80,6 +80,35 @@ def connect_unix(path: str, timeout: float | None = DEFAULT_TIMEOUT) -> socket.s
             ) from None
         raise
     return sock
+
+
+class ShortStreamError(ConnectionLostError):
+    """The daemon closed the stream before all the announced bytes arrived."""
+
+
+def receive_exact(sock: socket.socket, rest: bytes, size: int, sink: BinaryIO) -> int:
+    """Write exactly *size* streamed bytes to *sink*: *rest* (already read) first.
+
+    Blocking; for :meth:`Client.call_stream` after the upgraded reply.
+
+    Raises:
+        ShortStreamError: the daemon closed the connection early.
+        OSError: the socket or *sink* failed.
+    """
+    if len(rest) > size:
+        raise ShortStreamError(f"the daemon sent {len(rest)} bytes, announced {size}")
+    done = len(rest)
+    if rest:
+        sink.write(rest)
+    buf = bytearray(min(size - done, 1 << 20) or 1)
+    view = memoryview(buf)
+    while done < size:
+        n = sock.recv_into(view, min(len(buf), size - done))
+        if n == 0:
+            raise ShortStreamError(f"the daemon ended the stream after {done} of {size} bytes")
+        sink.write(view[:n])
+        done += n
+    return done
 
 
 class Client:
@@ -233,6 +262,30 @@ class Client:
             elif isinstance(event, ErrorResponse) and event.id is None:
                 raise error_from_object(event.error)
             # Anything else is a stray reply; a call would have consumed its own.
+
+    def call_stream(self, method: str, sink: BinaryIO, /, **params: Any) -> dict[str, Any]:
+        """Call *method* with ``stream=True`` and write the raw bytes that follow to *sink*.
+
+        The daemon replies with the byte count in ``size``, sends exactly that many bytes
+        and closes the connection: this client is closed afterwards.
+
+        Returns:
+            The reply (without data).
+
+        Raises:
+            SupervisorError: the daemon refused (nothing was written to *sink*).
+            ShortStreamError: the daemon ended the stream early.
+        """
+        reply = self.call(method, **params, stream=True)
+        if not isinstance(reply, dict) or not isinstance(reply.get("size"), int):
+            self.close()
+            raise RemoteProtocolError(f"{method}: a streamed reply without a size: {reply!r}")
+        sock, rest = self.raw_socket()
+        try:
+            receive_exact(sock, rest, reply["size"], sink)
+        finally:
+            sock.close()
+        return reply
 
     def raw_socket(self) -> tuple[socket.socket, bytes]:
         """Leave JSON after a call that upgraded the connection (console attach).

@@ -341,10 +341,17 @@ class ServerConnection:
     async def _reply(
         self, reply: Response | ErrorResponse, after: AfterReply | None = None
     ) -> bool:
-        safe = self._encodable(reply)
-        if safe is not reply:
+        # Encode once: a status of 500 guests is a large reply, and encoding it a second
+        # time only to prove it encodes doubled its cost.
+        try:
+            data = self._proto.send(reply)
+        except LocalProtocolError:
+            safe = self._encodable(reply)
+            if safe is reply:
+                raise  # not an encoding problem
             after = None
-        await self._send.send(_Outgoing(self._proto.send(safe), after))
+            data = self._proto.send(safe)
+        await self._send.send(_Outgoing(data, after))
         return after is not None
 
 

@@ -143,13 +143,15 @@ def backend_for(host: Host, zfs: ZfsCli, source: str) -> FileDisk | ZvolDisk:
     return FileDisk(source=source, local_path=host.path(source), zfs=zfs)
 
 
-def check_peek(offset: int, size: int, capacity: int) -> None:
-    """Refuse a peek outside the disk or larger than :data:`PEEK_MAX`."""
+def check_peek(offset: int, size: int, capacity: int, limit: int | None = PEEK_MAX) -> None:
+    """Refuse a peek outside the disk or larger than *limit* (None: no limit, a stream)."""
     if offset < 0:
         raise OutOfRangeError(f"offset: must not be negative, got {offset}", field="offset")
-    if not 0 < size <= PEEK_MAX:
+    if size <= 0:
+        raise OutOfRangeError(f"size: must be at least 1 byte, got {size}", field="size")
+    if limit is not None and size > limit:
         raise OutOfRangeError(
-            f"size: must be between 1 and {PEEK_MAX} bytes, got {size}", field="size"
+            f"size: must be between 1 and {limit} bytes, got {size}", field="size"
         )
     if offset + size > capacity:
         raise OutOfRangeError(
@@ -172,6 +174,20 @@ async def peek(backend: FileDisk | ZvolDisk, offset: int, size: int) -> bytes:
 
     try:
         return await trio.to_thread.run_sync(read)
+    except FileNotFoundError:
+        raise UnsupportedError(
+            f"disk: {backend.source} has no device node on this host", field="disk"
+        ) from None
+
+
+async def open_for_stream(backend: FileDisk | ZvolDisk, offset: int, size: int) -> int:
+    """Check a streamed peek of any length and open the disk; the caller owns the fd."""
+    capacity = (await backend.info()).capacity
+    check_peek(offset, size, capacity, limit=None)
+    try:
+        return await trio.to_thread.run_sync(
+            os.open, backend.local_path, os.O_RDONLY | os.O_CLOEXEC
+        )
     except FileNotFoundError:
         raise UnsupportedError(
             f"disk: {backend.source} has no device node on this host", field="disk"

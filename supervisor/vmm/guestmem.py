@@ -22,7 +22,15 @@ from typing import Final
 from supervisor.errors import HostToolError, InvalidStateError, OutOfRangeError
 from supervisor.vmm.bhyvectl import MemMapEntry
 
-__all__ = ["MAX_PEEK", "check_range", "ram_end", "read_memory"]
+__all__ = [
+    "MAX_PEEK",
+    "check_range",
+    "open_device",
+    "pread_memory",
+    "preadinto_memory",
+    "ram_end",
+    "read_memory",
+]
 
 #: The most bytes one ``domain.memory_peek`` call returns (the CLI reads in chunks).
 MAX_PEEK: Final = 1 << 20
@@ -55,19 +63,22 @@ def _covered(memmap: Sequence[MemMapEntry], limit: int, addr: int) -> int | None
     return end
 
 
-def check_range(memmap: Sequence[MemMapEntry], start: int, size: int) -> None:
+def check_range(
+    memmap: Sequence[MemMapEntry], start: int, size: int, limit: int | None = MAX_PEEK
+) -> None:
     """Check that ``[start, start + size)`` reads without EFAULT.
 
     Raises:
         OutOfRangeError: ``start`` lies where nothing is mapped at or after the end of
             guest RAM (field ``start``), or the range runs into such a place (field
-            ``size``), or either is negative / *size* exceeds :data:`MAX_PEEK`.
+            ``size``), or either is negative / *size* exceeds *limit* (None: no limit,
+            for a streamed read).
     """
     if start < 0:
         raise OutOfRangeError(f"start: must be >= 0, got {start}", field="start")
     if size < 0:
         raise OutOfRangeError(f"size: must be >= 0, got {size}", field="size")
-    if size > MAX_PEEK:
+    if limit is not None and size > limit:
         raise OutOfRangeError(
             f"size: at most {MAX_PEEK} bytes (1 MiB) per call, got {size}", field="size"
         )
@@ -90,6 +101,55 @@ def check_range(memmap: Sequence[MemMapEntry], start: int, size: int) -> None:
         end = nxt
 
 
+def open_device(device: str) -> int:
+    """Open the guest memory *device* for reading; the caller closes the fd.
+
+    Raises:
+        InvalidStateError: the VM is gone.
+        HostToolError: any other failure to open.
+    """
+    try:
+        return os.open(device, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise InvalidStateError("the VM no longer exists in the kernel", field="name") from None
+    except OSError as e:
+        raise HostToolError(f"cannot open {device}: {e.strerror}") from None
+
+
+def pread_memory(fd: int, size: int, start: int) -> bytes:
+    """One ``pread`` of guest memory (possibly short), with the kernel's errors named.
+
+    Raises:
+        OutOfRangeError: EFAULT (the memory map changed since the check).
+        InvalidStateError: ENXIO (the VM was destroyed).
+        HostToolError: any other read failure.
+    """
+    try:
+        return os.pread(fd, size, start)
+    except OSError as e:
+        if e.errno == errno.EFAULT:
+            raise OutOfRangeError(
+                f"size: guest memory at {start:#x} is not mapped", field="size"
+            ) from None
+        if e.errno == errno.ENXIO:
+            raise InvalidStateError("the VM was destroyed during the read", field="name") from None
+        raise HostToolError(f"reading guest memory: {e.strerror}") from None
+
+
+def preadinto_memory(fd: int, buf: memoryview, start: int) -> int:
+    """:func:`pread_memory` into *buf*: the bytes read (possibly short)."""
+    try:
+        return os.preadv(fd, [buf], start)
+    except OSError as e:
+        if e.errno == errno.EFAULT:
+            raise OutOfRangeError(
+                f"size: guest memory at {start:#x} is not mapped", field="size"
+            ) from None
+        if e.errno == errno.ENXIO:
+            raise InvalidStateError("the VM was destroyed during the read", field="name") from None
+        raise HostToolError(f"reading guest memory: {e.strerror}") from None
+
+
 def read_memory(device: str, start: int, size: int) -> bytes:
     """Read *size* bytes of guest memory at guest-physical *start* from *device*.
 
@@ -101,28 +161,12 @@ def read_memory(device: str, start: int, size: int) -> bytes:
         OutOfRangeError: the kernel answered EFAULT (the map changed since the check).
         HostToolError: any other read failure, or a short read.
     """
-    try:
-        fd = os.open(device, os.O_RDONLY | os.O_CLOEXEC)
-    except FileNotFoundError:
-        raise InvalidStateError("the VM no longer exists in the kernel", field="name") from None
-    except OSError as e:
-        raise HostToolError(f"cannot open {device}: {e.strerror}") from None
+    fd = open_device(device)
     try:
         parts: list[bytes] = []
         done = 0
         while done < size:
-            try:
-                chunk = os.pread(fd, size - done, start + done)
-            except OSError as e:
-                if e.errno == errno.EFAULT:
-                    raise OutOfRangeError(
-                        f"size: guest memory at {start + done:#x} is not mapped", field="size"
-                    ) from None
-                if e.errno == errno.ENXIO:
-                    raise InvalidStateError(
-                        "the VM was destroyed during the read", field="name"
-                    ) from None
-                raise HostToolError(f"reading {device}: {e.strerror}") from None
+            chunk = pread_memory(fd, size - done, start + done)
             if not chunk:
                 raise HostToolError(
                     f"reading {device}: short read at {start + done:#x} ({done} of {size} bytes)"

@@ -367,3 +367,21 @@ def test_adoption_is_only_for_a_guest_the_daemon_has_not_started() -> None:
     m = machine_in(State.RUNNING)
     assert m.handle(Adopted(pid=99, boot_count=1, uptime=1.0), 5.0) == []
     assert m.pid == 1
+
+
+def test_adoption_during_a_shutdown_escalates_without_a_second_press() -> None:
+    m = Lifecycle(policy=Policy(stop_timeout=30.0))
+    actions = m.handle(Adopted(pid=5, boot_count=1, uptime=9.0, resume="stopping"), 100.0)
+    assert m.state is State.STOPPING
+    assert actions == [ArmTimer(Timer.STOP, 30.0)]
+    # Any exit now is the stop that was asked for, not a crash.
+    m.handle(Exited(CODE(signal=15), runtime=10.0), 101.0)
+    assert m.state is State.SHUTOFF
+
+
+def test_adoption_during_a_reboot_brings_the_guest_back_whatever_its_exit() -> None:
+    m = Lifecycle()
+    m.handle(Adopted(pid=5, boot_count=2, uptime=9.0, resume="rebooting"), 100.0)
+    assert m.state is State.REBOOTING
+    actions = m.handle(Exited(CODE(code=1), runtime=10.0), 101.0)
+    assert any(isinstance(a, Launch) for a in actions)

@@ -112,3 +112,11 @@ def test_cli_exit_statuses(demo: Sim) -> None:
     )
     assert r.returncode == 1
     assert "no.sock" in r.stderr
+
+
+def test_console_of_a_stopped_guest_says_so(demo: Sim) -> None:
+    demo.wait_for("freebsd running", lambda: status(demo)["freebsd"]["state"] == "running")
+    assert ctl(demo, "destroy", "freebsd").returncode == 0
+    r = ctl(demo, "console", "freebsd", "--drain", "0.2")
+    assert r.returncode == 0
+    assert "freebsd is shutoff" in r.stderr

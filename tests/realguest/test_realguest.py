@@ -1,31 +1,27 @@
 """Tier 3: a real Linux guest under QEMU behind the simulated bhyve, driven by bhyvesupd.
 
 One daemon (``bhyvesupd --sim ROOT --guest-engine qemu``) and one guest for the whole
-module, driven with ``bhyvesupctl``: the guest boots to its banner, its kernel's banner
-string is in guest RAM at ``/dev/vmm/NAME``, an NMI reaches its kernel, ``reboot``
-inside it restarts it, qemu-ga inside it answers, and ``bhyvesupctl shutdown`` presses
-the ACPI power button and the kernel powers off. The tests run in file order; each
-still checks its own outcome from the guest's current state.
+module, driven with ``bhyvesupctl`` only: the guest boots to its banner, ``memory-peek``
+finds its kernel's banner string in guest RAM, ``inject-nmi`` reaches its kernel,
+``domfsfreeze``/``domfsthaw`` and ``domtime --agent`` go through the daemon's agent
+client to qemu-ga inside it, ``reboot`` inside it restarts it, a triple fault ends it
+with bhyve's status 3 (and ``on_crash`` restarts it), and ``bhyvesupctl shutdown``
+presses the ACPI power button and the kernel powers off. The tests run in file order;
+each still checks its own outcome from the guest's current state.
 
 Needs qemu-system-x86_64 and the guest image (built or reused here, which downloads
 the kernel package): without them these tests skip, or fail under
 ``BHYVESUP_REQUIRE_REAL=1``.
-
-Two steps go past bhyvesupctl, for want of the calls on this branch: the NMI is
-injected with the simulated host's ``bhyvectl --inject-nmi`` (``domain.inject_nmi``
-is not here yet) and guest memory is read with ``pread`` of ``/dev/vmm/NAME``
-(``domain.memory_peek`` is not here yet), the same read that call makes. qemu-ga is
-asked directly over the channel's socket, as the supervisor's agent client will.
 """
 
 from __future__ import annotations
 
+import calendar
 import json
 import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -49,6 +45,7 @@ XML = f"""<domain type='bhyve'>
   <name>{NAME}</name>
   <memory unit='MiB'>256</memory>
   <vcpu>1</vcpu>
+  <on_crash>restart</on_crash>
   <os>
     <type>hvm</type>
     <loader readonly='yes' type='pflash'>/usr/local/share/uefi-firmware/BHYVE_UEFI.fd</loader>
@@ -188,75 +185,54 @@ def test_boots_to_its_banner_on_the_console(guest: RealGuest) -> None:
     guest.wait_for("the shell's answer", lambda: "typed-42" in guest.console(), 20)
 
 
-def test_the_kernel_banner_is_in_guest_ram_at_dev_vmm(guest: RealGuest) -> None:
-    needle = f"Linux version {guest.image.release} (".encode()
-    fd = os.open(guest.root / f"dev/vmm/{NAME}", os.O_RDONLY)
-    try:
-        found = -1
-        chunk = 4 << 20
-        for offset in range(0, 256 << 20, chunk):
-            data = os.pread(fd, chunk + len(needle), offset)
-            at = data.find(needle)
-            if at >= 0:
-                found = offset + at
-                break
-    finally:
-        os.close(fd)
-    assert found > 0, "the kernel's banner is not in guest RAM"
+def test_memory_peek_finds_the_kernel_banner_in_guest_ram(guest: RealGuest, tmp_path: Path) -> None:
+    # The kernel's physical load address is randomised (KASLR): the guest's
+    # /proc/iomem says where its read-only data (with the banner) went.
+    guest.type("grep 'Kernel rodata' /proc/iomem; echo iomem-$((3*3))")
+    guest.wait_for("the iomem line", lambda: "iomem-9" in guest.console(), 20)
+    m = re.search(r"([0-9a-f]+)-([0-9a-f]+) : Kernel rodata", guest.console())
+    assert m is not None
+    start, end = int(m.group(1), 16), int(m.group(2), 16) + 1
+    dump = tmp_path / "rodata.bin"
+    guest.ctl(
+        "memory-peek", NAME, "--start", hex(start), "--size", str(end - start), "-o", str(dump)
+    )
+    ram = dump.read_bytes()
+    assert len(ram) == end - start
+    at = ram.find(f"Linux version {guest.image.release} (".encode())
+    assert at > 0, "the kernel's banner is not in guest RAM"
     # The decompressed kernel's text, not the compressed image: the whole line is there.
-    fd = os.open(guest.root / f"dev/vmm/{NAME}", os.O_RDONLY)
-    try:
-        line = os.pread(fd, 200, found).split(b"\n")[0]
-    finally:
-        os.close(fd)
-    assert b"gcc" in line
+    assert b"gcc" in ram[at : at + 200].split(b"\n")[0]
 
 
-def test_an_nmi_reaches_the_guest_kernel(guest: RealGuest) -> None:
+def test_inject_nmi_reaches_the_guest_kernel(guest: RealGuest) -> None:
     before = guest.count(r"NMI received")
-    bhyvectl = guest.root / "usr/sbin/bhyvectl"
-    subprocess.run([str(bhyvectl), f"--vm={NAME}", "--inject-nmi"], check=True, timeout=30)
+    out = guest.ctl("inject-nmi", NAME)
+    assert out.strip() == f"{NAME}: NMI sent to vcpu 0"
     guest.wait_for("the kernel's NMI line", lambda: guest.count(r"NMI received") > before, 30)
     assert guest.info()["state"] == "running"
 
 
-def _agent(guest: RealGuest, *commands: str) -> list[Any]:
-    """Ask qemu-ga inside the guest, over the channel's socket, one reply per command."""
-    path = str(guest.root / f"var/run/bhyvesupd/{NAME}.qga")
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-        s.settimeout(30)
-        s.connect(path)
-        # guest-sync first: whatever an earlier client left unread is skipped.
-        s.sendall(b'{"execute":"guest-sync","arguments":{"id":4242}}\n')
-        for c in commands:
-            s.sendall(json.dumps({"execute": c}).encode() + b"\n")
-        buf = b""
-        while buf.count(b"\n") < len(commands) + 1:
-            data = s.recv(65536)
-            assert data, buf
-            buf += data
-    replies = [json.loads(line) for line in buf.splitlines()]
-    assert replies[0] == {"return": 4242}
-    return [r.get("return", r) for r in replies[1 : len(commands) + 1]]
-
-
-def test_the_guest_agent_inside_tells_time_and_freezes_the_guests_filesystem(
+def test_the_agent_inside_tells_time_and_freezes_the_guests_filesystem(
     guest: RealGuest,
 ) -> None:
-    (now,) = _agent(guest, "guest-get-time")
+    now = json.loads(guest.ctl("domtime", NAME, "--agent", "--json"))
     # The guest's clock is the RTC the simulated bhyve gave it: UTC, as -u asks.
-    assert abs(now / 1e9 - time.time()) < 120
+    assert abs(now["seconds"] - time.time()) < 120
+    assert "Source: guest agent" in guest.ctl("domtime", NAME, "--agent").replace("  ", " ")
     # Give the guest a real filesystem on its virtio disk, then freeze and thaw it.
+    before = json.loads(guest.ctl("domblkstat", NAME, "vda", "--json"))
     guest.type("mke2fs -q /dev/vda && mount /dev/vda /mnt && echo mounted-$((40+2))")
     guest.wait_for("the disk mounted", lambda: "mounted-42" in guest.console(), 60)
-    frozen, status, thawed, after = _agent(
-        guest,
-        "guest-fsfreeze-freeze",
-        "guest-fsfreeze-status",
-        "guest-fsfreeze-thaw",
-        "guest-fsfreeze-status",
-    )
-    assert (frozen, status, thawed, after) == (1, "frozen", 1, "thawed")
+    # mke2fs wrote the filesystem through the guest's virtio disk, and bhyve's blk
+    # worker threads did the writing.
+    after = json.loads(guest.ctl("domblkstat", NAME, "vda", "--json"))
+    assert after["wr_req"] > before["wr_req"], (before, after)
+    assert after["wr_bytes"] >= before["wr_bytes"] + (64 << 10)
+    assert guest.ctl("domfsfreeze", NAME).strip() == "Froze 1 filesystem(s)"
+    assert guest.ctl("agent", NAME, "fsstatus").strip() == "frozen"
+    assert guest.ctl("domfsthaw", NAME).strip() == "Thawed 1 filesystem(s)"
+    assert guest.ctl("agent", NAME, "fsstatus").strip() == "thawed"
 
 
 def test_bhyvectl_reads_the_rtc_the_guest_set(guest: RealGuest) -> None:
@@ -274,6 +250,17 @@ def test_bhyvectl_reads_the_rtc_the_guest_set(guest: RealGuest) -> None:
         ).stdout
 
     guest.wait_for("bhyvectl to see 2031", lambda: "May 06 07:08" in rtc() and "2031" in rtc(), 30)
+    # The other way: domtime --set (bhyvectl --set-rtc-time) reaches QEMU's chip, and
+    # the guest's hwclock reads it.
+    want = calendar.timegm((2029, 2, 3, 4, 5, 6))
+    guest.ctl("domtime", NAME, "--set", str(want))
+
+    def guest_rtc() -> bool:
+        guest.type("hwclock -r -u")
+        return re.search(r"Feb +3 04:0[5-9]:\d\d 2029", guest.console()) is not None
+
+    guest.wait_for("the guest to read 2029 from its RTC", guest_rtc, 30)
+    assert "2029" in rtc()
 
 
 def test_reboot_inside_the_guest_restarts_it(guest: RealGuest) -> None:
@@ -290,6 +277,21 @@ def test_reboot_inside_the_guest_restarts_it(guest: RealGuest) -> None:
     assert info["pid"] != pid
     assert info["last_exit"]["code"] == 0
     assert "reboot: Restarting system" in guest.console()
+
+
+def test_a_triple_fault_exits_3_and_on_crash_restarts_the_guest(guest: RealGuest) -> None:
+    guest.wait_for("running", lambda: guest.info()["state"] == "running")
+    guest.wait_for("the shell", lambda: guest.console().rstrip().endswith("guest# \x1b[6n"))
+    info = guest.info()
+    banners = guest.count(guestimage.BANNER)
+    # Linux's "triple" reboot method loads an empty IDT and executes int3: the CPU
+    # really triple-faults (see the kernel's reboot=t).
+    guest.type("echo triple >/sys/kernel/reboot/type && reboot -f")
+    guest.wait_for("the next banner", lambda: guest.count(guestimage.BANNER) > banners)
+    after = guest.info()
+    assert after["last_exit"]["code"] == 3, after
+    assert after["boot_count"] == info["boot_count"] + 1
+    assert after["state"] == "running"
 
 
 def test_halt_inside_the_guest_exits_2(guest: RealGuest) -> None:

@@ -20,7 +20,10 @@ guest RAM              ``memory-backend-file`` at the host path of ``/dev/vmm/NA
                        real guest memory. Guests of 3 GiB or more put their high RAM
                        at file offset 3 GiB, not 4 GiB: peek only below 3 GiB there.
 ``-l com1,PATH``       an ``isa-serial`` on the tty at PATH (the nmdm A side)
-``virtio-blk``         ``virtio-blk-pci`` on a raw ``-drive`` (``ro`` → read-only)
+``virtio-blk``         ``virtio-blk-pci`` on a raw ``-drive`` (``ro`` → read-only), or
+                       on an NBD ``-blockdev`` that the simulated bhyve serves from its
+                       ``blk-S:F-n`` threads (:mod:`supervisor.vmm.sim.nbd`), so the
+                       host counts the disk's I/O on them (every disk type the same)
 ``ahci`` hd/cd ports   an ``ahci`` controller with ``ide-hd`` / ``ide-cd`` per port
 ``nvme``               ``nvme`` (serial from ``ser=``, else bhyve's ``NVME-S-F``)
 ``virtio-net,tapN``    ``virtio-net-pci`` on tap ``tapN`` when this host has it; else
@@ -30,6 +33,8 @@ guest RAM              ``memory-backend-file`` at the host path of ``/dev/vmm/NA
                        listening unix socket at the port's path
 ``virtio-rnd``         ``virtio-rng-pci``
 ``-u``                 ``-rtc base=utc`` (else ``localtime``)
+exit status 3          ``-d cpu_reset -D LOG``: QEMU reports a triple fault as a guest
+                       reset, but its CPU-reset log says "Triple fault" first
 bootrom / loader       not used: the guest image's kernel boots directly (noted)
 =====================  ===============================================================
 
@@ -42,7 +47,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 import attrs
 
@@ -64,6 +69,11 @@ class EngineChoice:
 
     engine: str = "scripted"
     image: GuestImage | None = None
+
+
+def reset_log_path(root: str, vmname: str) -> str:
+    """Where QEMU's CPU-reset log of the VM *vmname* on the host at *root* goes."""
+    return os.path.join(root, SIM_DIR, f"{vmname}.qemu-reset.log")
 
 
 def engine_path(root: str) -> str:
@@ -128,7 +138,9 @@ def qemu_argv(
     memory_path: str,
     tap_exists: Callable[[str], bool],
     qmp_fd: int,
+    reset_log: str,
     rtc_base: str | None = None,
+    nbd_fds: Mapping[str, int] | None = None,
 ) -> QemuPlan:
     """The ``qemu-system-x86_64`` command for the bhyve command *cmd*.
 
@@ -139,8 +151,12 @@ def qemu_argv(
         memory_path: the local path of ``/dev/vmm/NAME``.
         tap_exists: whether this machine has a network interface of that name.
         qmp_fd: the descriptor QEMU inherits as its QMP connection.
+        reset_log: the local file QEMU's CPU-reset log goes to (rewritten at each
+            start); "Triple fault" in it tells a triple fault from a guest reset.
         rtc_base: the RTC's start (``YYYY-MM-DDTHH:MM:SS``); else UTC or local time
             as ``-u`` says.
+        nbd_fds: disks (by their path in *cmd*) that QEMU reaches over NBD on the
+            inherited descriptor given, instead of opening the file itself.
     """
     notes: list[str] = []
     mem = cmd.memsize
@@ -166,6 +182,10 @@ def qemu_argv(
         f"socket,id={QMP_CHARDEV},fd={qmp_fd},server=off",
         "-mon",
         f"chardev={QMP_CHARDEV},mode=control",
+        "-d",
+        "cpu_reset",
+        "-D",
+        reset_log,
         "-rtc",
         f"base={rtc_base or ('localtime' if cmd.rtc_localtime else 'utc')}",
         "-kernel",
@@ -179,8 +199,9 @@ def qemu_argv(
         notes.append(f"bootrom {cmd.bootrom}: not used, the guest image's kernel boots directly")
     for number, backend in sorted(cmd.com_ports().items()):
         argv += _uart(number, backend, resolve, notes)
+    nbd = dict(nbd_fds or {})
     for dev in cmd.pci_devices():
-        argv += _device(dev, resolve, tap_exists, notes)
+        argv += _device(dev, resolve, tap_exists, notes, nbd)
     return QemuPlan(tuple(argv), tuple(notes))
 
 
@@ -196,7 +217,12 @@ def _uart(number: int, backend: str, resolve: Callable[[str], str], notes: list[
     return ["-chardev", spec, "-device", f"isa-serial,chardev={chardev},index={number - 1}"]
 
 
-def _drive(ident: str, path: str, resolve: Callable[[str], str], readonly: bool) -> list[str]:
+def _drive(
+    ident: str, path: str, resolve: Callable[[str], str], readonly: bool, nbd: Mapping[str, int]
+) -> list[str]:
+    if path in nbd:
+        spec = f"driver=nbd,node-name={ident},server.type=fd,server.str={nbd[path]}"
+        return ["-blockdev", spec + (",read-only=on" if readonly else "")]
     spec = f"file={_esc(resolve(path))},format=raw,if=none,id={ident},cache=writeback"
     if readonly:
         spec += ",readonly=on"
@@ -208,6 +234,7 @@ def _device(
     resolve: Callable[[str], str],
     tap_exists: Callable[[str], bool],
     notes: list[str],
+    nbd: Mapping[str, int],
 ) -> list[str]:
     opts = dev.options
     tag = f"s{dev.slot}f{dev.func}"
@@ -220,7 +247,7 @@ def _device(
             return []
         drive = f"d{tag}"
         return [
-            *_drive(drive, opts["path"], resolve, "ro" in opts),
+            *_drive(drive, opts["path"], resolve, "ro" in opts, nbd),
             "-device",
             f"virtio-blk-pci,drive={drive},id={tag}",
         ]
@@ -231,7 +258,7 @@ def _device(
         drive = f"d{tag}"
         serial = opts.get("ser", f"NVME-{dev.slot}-{dev.func}")
         return [
-            *_drive(drive, opts["path"], resolve, False),
+            *_drive(drive, opts["path"], resolve, False, nbd),
             "-device",
             f"nvme,drive={drive},serial={_esc(serial)},id={tag}",
         ]
@@ -243,7 +270,7 @@ def _device(
         for port in ports:
             drive = f"d{tag}p{port}"
             cd = opts.get(f"port.{port}.type") == "cd"
-            out += _drive(drive, opts[f"port.{port}.path"], resolve, cd or "ro" in opts)
+            out += _drive(drive, opts[f"port.{port}.path"], resolve, cd or "ro" in opts, nbd)
             out += ["-device", f"{'ide-cd' if cd else 'ide-hd'},drive={drive},bus={tag}.{port}"]
         return out
     if emu in ("virtio-net", "e1000"):

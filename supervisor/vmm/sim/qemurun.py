@@ -8,14 +8,20 @@ memory, devices, vCPUs). :func:`run` then replaces the scripted guest with QEMU:
 
 1. It releases what QEMU opens itself: the console tty (QEMU opens the same nmdm A
    side) and the virtio-console sockets (QEMU listens at the same paths).
-2. It starts ``qemu-system-x86_64`` with the argv of :func:`supervisor.vmm.sim.qemu.qemu_argv`,
+2. It serves each disk to QEMU over NBD on a socket pair (:mod:`supervisor.vmm.sim.nbd`):
+   one thread per disk reads the requests and hands each read, write and flush to the
+   disk's ``blk-S:F-n`` worker threads, so the host's per-thread I/O accounting (what
+   ``domain.block_stats`` sums) counts the guest's disk I/O, as under bhyve.
+3. It starts ``qemu-system-x86_64`` with the argv of :func:`supervisor.vmm.sim.qemu.qemu_argv`,
    QMP on one end of a socket pair, and ``PR_SET_PDEATHSIG`` so that QEMU dies with
    this process however it ends (a ``kill -9`` of bhyve kills the guest, as on FreeBSD).
-3. One loop polls QMP, the kernel doorbell, the signal wake-up pipe and QEMU's pidfd:
+4. One loop polls QMP, the kernel doorbell, the signal wake-up pipe and QEMU's pidfd:
 
    - ``SHUTDOWN`` (QEMU paused the machine, ``-action shutdown=pause``): the reason
      maps to bhyve's suspend reason (:func:`supervisor.vmm.sim.qmp.suspend_for`); QEMU
-     is told to ``quit`` and bhyve exits with that reason's status (reset 0, poweroff 1);
+     is told to ``quit`` and bhyve exits with that reason's status (reset 0, poweroff 1).
+     A reset whose CPU-reset log says "Triple fault" is a triple fault (exit 3): QEMU
+     gives both the same reason;
    - SIGTERM: ``system_powerdown``, the ACPI power button, as bhyve does;
    - the doorbell: an NMI request becomes ``inject-nmi``; a suspend request
      (``bhyvectl --force-reset``/``--force-poweroff``) ends QEMU and exits with that
@@ -25,8 +31,11 @@ memory, devices, vCPUs). :func:`run` then replaces the scripted guest with QEMU:
      are halted with interrupts off, the guest halted for good and bhyve exits 2, as
      bhyve does when every vCPU executes ``hlt`` with interrupts disabled;
    - every second, QEMU's RTC (``qom-get /machine rtc-time``) is copied into the
-     simulated kernel, so ``bhyvectl --get-rtc-time`` reads the clock the guest set.
-     QEMU cannot be told a new RTC time: ``--set-rtc-time`` holds until the next copy.
+     simulated kernel, so ``bhyvectl --get-rtc-time`` reads the clock the guest set;
+     unless the kernel's RTC changed since the last copy (``bhyvectl --set-rtc-time``):
+     then the kernel's time goes the other way, written into QEMU's MC146818 through
+     HMP's ioport commands (:func:`supervisor.vmm.sim.qmp.rtc_set_commands`), and the
+     copies sent before that are ignored.
 """
 
 from __future__ import annotations
@@ -39,19 +48,23 @@ import shutil
 import signal
 import socket
 import stat
+import struct
 import subprocess
 import sys
+import threading
 import time
 import traceback
 from collections.abc import Sequence
+from queue import SimpleQueue
 from typing import TYPE_CHECKING, Any, NoReturn
 
-from supervisor.vmm.sim import qmp
-from supervisor.vmm.sim.qemu import EngineChoice, qemu_argv
+from supervisor.vmm.sim import nbd, qmp
+from supervisor.vmm.sim.kernel import host_local_seconds
+from supervisor.vmm.sim.qemu import EngineChoice, qemu_argv, reset_log_path
 from supervisor.vmm.sim.qmp import Event, QmpSession, Reply
 
 if TYPE_CHECKING:
-    from supervisor.vmm.sim.bhyve import _Bhyve
+    from supervisor.vmm.sim.bhyve import _Bhyve, _BlockWork
 
 _PR_SET_PDEATHSIG = 1
 EXIT_ERROR = 4
@@ -66,7 +79,7 @@ def _die_with_parent() -> None:
     libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
 
 
-def _spawn(argv: Sequence[str], pass_fd: int) -> subprocess.Popen[bytes]:
+def _spawn(argv: Sequence[str], pass_fds: Sequence[int]) -> subprocess.Popen[bytes]:
     """Start QEMU so that it is killed when this process dies, however that happens.
 
     util-linux's ``setpriv`` sets the parent-death signal and execs QEMU (same pid);
@@ -78,15 +91,95 @@ def _spawn(argv: Sequence[str], pass_fd: int) -> subprocess.Popen[bytes]:
         return subprocess.Popen(
             [setpriv, "--pdeathsig", "KILL", "--", *argv],
             stdin=subprocess.DEVNULL,
-            pass_fds=(pass_fd,),
+            pass_fds=tuple(pass_fds),
         )
     return subprocess.Popen(  # pragma: no cover - Debian always has setpriv
-        list(argv), stdin=subprocess.DEVNULL, pass_fds=(pass_fd,), preexec_fn=_die_with_parent
+        list(argv), stdin=subprocess.DEVNULL, pass_fds=tuple(pass_fds), preexec_fn=_die_with_parent
     )
 
 
 def _tap_exists(name: str) -> bool:
     return os.path.exists(f"/sys/class/net/{name}")
+
+
+def _recv_exact(sock: socket.socket, n: int) -> bytes:
+    buf = bytearray()
+    while len(buf) < n:
+        data = sock.recv(n - len(buf))
+        if not data:
+            raise EOFError
+        buf += data
+    return bytes(buf)
+
+
+def _blockio(
+    work: SimpleQueue[_BlockWork], fd: int, req: nbd.Request, payload: bytes
+) -> tuple[int, bytes]:
+    """Do one NBD request on the disk's worker threads: (wire error, read data)."""
+    from supervisor.vmm.sim.bhyve import _BlockWork
+
+    out: list[bytes] = []
+
+    def io() -> str:
+        try:
+            if req.command == nbd.CMD_READ:
+                data = os.pread(fd, req.length, req.offset)
+                out.append(data + bytes(req.length - len(data)))  # a sparse tail reads as zeros
+            elif req.command == nbd.CMD_WRITE:
+                done = 0
+                while done < len(payload):
+                    done += os.pwrite(fd, payload[done:], req.offset + done)
+                if req.flags & nbd.CMD_FLAG_FUA:
+                    os.fsync(fd)
+            else:
+                os.fsync(fd)
+        except OSError as e:
+            return str(nbd.ENOSPC if e.errno == nbd.ENOSPC else nbd.EIO)
+        return "0"
+
+    item = _BlockWork(io)
+    work.put(item)
+    item.done.wait()
+    return int(item.result or nbd.EIO), (out[0] if out else b"")
+
+
+def _serve_disk(
+    sock: socket.socket, fd: int, readonly: bool, work: SimpleQueue[_BlockWork]
+) -> None:
+    """Serve one disk to QEMU's NBD client until it disconnects or goes away."""
+    try:
+        size = os.fstat(fd).st_size
+        sock.sendall(nbd.greeting())
+        (client_flags,) = struct.unpack(">I", _recv_exact(sock, 4))
+        while True:
+            option, length = nbd.parse_option_header(_recv_exact(sock, 16))
+            _recv_exact(sock, length)  # the export name: this server has one export
+            if option in (nbd.OPT_GO, nbd.OPT_INFO):
+                sock.sendall(nbd.export_info_replies(option, size, readonly))
+                if option == nbd.OPT_GO:
+                    break
+            elif option == nbd.OPT_EXPORT_NAME:
+                sock.sendall(nbd.export_name_reply(size, readonly, client_flags))
+                break
+            elif option == nbd.OPT_ABORT:
+                sock.sendall(nbd.option_reply(option, nbd.REP_ACK))
+                return
+            else:
+                sock.sendall(nbd.option_reply(option, nbd.REP_ERR_UNSUP))
+        while True:
+            req = nbd.parse_request(_recv_exact(sock, nbd.REQUEST.size))
+            payload = _recv_exact(sock, req.length) if req.command == nbd.CMD_WRITE else b""
+            if req.command == nbd.CMD_DISC:
+                return
+            error = nbd.check_request(req, size, readonly)
+            data = b""
+            if not error:
+                error, data = _blockio(work, fd, req, payload)
+            sock.sendall(nbd.simple_reply(req.handle, error) + (b"" if error else data))
+    except (OSError, EOFError, nbd.NbdProtocolError):
+        pass  # QEMU ended or misspoke: its disk is gone with it
+    finally:
+        sock.close()
 
 
 def _rtc_base(seconds: int) -> str:
@@ -108,12 +201,24 @@ class _Runner:
         self.stopping: str | None = None
         self.ready = False
         self.rtc_synced = 0.0
+        self.nbd_socks: list[socket.socket] = []
+        #: The kernel's RTC offset as this runner last left it; another value means
+        #: bhyvectl --set-rtc-time set it.
+        self.rtc_offset_seen: float | None = None
+        #: A new RTC time is on its way into QEMU: QEMU's readings are stale till then.
+        self.rtc_pushing = False
+        #: RTC readings asked for before this command id predate the last push.
+        self.rtc_valid_from = 0
+        self.reset_log = reset_log_path(bhyve.host.root, bhyve.name)
 
-    def send(self, name: str, arguments: dict[str, Any] | None = None) -> None:
+    def send(
+        self, name: str, arguments: dict[str, Any] | None = None, label: str | None = None
+    ) -> int:
         ident, data = self.session.command(name, arguments)
-        self.pending[ident] = name
+        self.pending[ident] = label or name
         with contextlib.suppress(OSError):
             self.sock.sendall(data)
+        return ident
 
     def release_devices(self) -> None:
         b = self.bhyve
@@ -128,9 +233,30 @@ class _Runner:
                     os.unlink(path)
         b.sockets = []
 
+    def serve_disks(self) -> dict[str, int]:
+        """Start an NBD server per disk; the descriptors QEMU inherits, by disk path."""
+        b = self.bhyve
+        if b.light:
+            return {}  # no worker threads to do the I/O: QEMU opens the files itself
+        fds: dict[str, int] = {}
+        readonly = {
+            dev.options["path"]
+            for dev in self.cmd.pci_devices()
+            if "ro" in dev.options and "path" in dev.options
+        }
+        for (path, fd), work in zip(b.disks, b.block_queues, strict=True):
+            ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+            self.nbd_socks.append(theirs)
+            fds[path] = theirs.fileno()
+            threading.Thread(
+                target=_serve_disk, args=(ours, fd, path in readonly, work), daemon=True
+            ).start()
+        return fds
+
     def start(self) -> None:
         b = self.bhyve
         vm = b.kernel.get(b.name)
+        nbd_fds = self.serve_disks()
         plan = qemu_argv(
             self.cmd,
             image=self.image,
@@ -138,17 +264,23 @@ class _Runner:
             memory_path=b.kernel.device_path(b.name),
             tap_exists=_tap_exists,
             qmp_fd=self.child_fd.fileno(),
+            reset_log=self.reset_log,
+            nbd_fds=nbd_fds,
             rtc_base=_rtc_base(b.kernel.rtc_seconds(vm)),
         )
         for note in plan.notes:
             sys.stderr.write(f"bhyve: qemu engine: {note}\n")
         self.release_devices()
         try:
-            self.proc = _spawn(plan.argv, self.child_fd.fileno())
+            self.proc = _spawn(
+                plan.argv, [self.child_fd.fileno(), *(s.fileno() for s in self.nbd_socks)]
+            )
         except OSError as e:
             sys.stderr.write(f"bhyve: qemu engine: cannot run {plan.argv[0]}: {e.strerror}\n")
             b.exit(EXIT_ERROR)
         self.child_fd.close()
+        for sock in self.nbd_socks:
+            sock.close()
         # Power button presses reach the wake-up pipe from now on (see _Bhyve.on_signal).
         b.acpi_enabled = True
 
@@ -202,9 +334,12 @@ class _Runner:
         if name == "qmp_capabilities":
             self.ready = True
         elif name == "qom-get" and isinstance(reply.value, dict):
-            # The guest sets its RTC (hwclock -w) in QEMU; bhyvectl reads the kernel's.
+            if not self.rtc_pushing and reply.id >= self.rtc_valid_from:
+                with contextlib.suppress(OSError, qmp.QmpProtocolError):
+                    self.sync_rtc(qmp.rtc_seconds(reply.value))
+        elif name == "rtc-reg-b" and isinstance(reply.value, str):
             with contextlib.suppress(OSError, qmp.QmpProtocolError):
-                self.bhyve.kernel.set_rtc(self.bhyve.name, qmp.rtc_seconds(reply.value))
+                self.push_rtc(qmp.parse_port_read(reply.value))
         elif name == "human-monitor-command" and isinstance(reply.value, str):
             if qmp.halted_for_good(reply.value):
                 self.finish("halt")
@@ -214,11 +349,46 @@ class _Runner:
                 vm.active = cpus
                 vm.debug = []
 
+    def sync_rtc(self, qemu_seconds: int) -> None:
+        """Copy QEMU's RTC into the kernel, or start telling QEMU the kernel's new time."""
+        b = self.bhyve
+        with b.kernel.update(b.name) as vm:
+            if self.rtc_offset_seen is not None and vm.rtc_offset != self.rtc_offset_seen:
+                # bhyvectl --set-rtc-time: the kernel's time is the news.
+                self.rtc_offset_seen = vm.rtc_offset
+                self.rtc_pushing = True
+                first, read = qmp.rtc_read_reg_b()
+                self.send("human-monitor-command", {"command-line": first}, label="rtc-write")
+                self.send("human-monitor-command", {"command-line": read}, label="rtc-reg-b")
+                return
+            # The guest sets its RTC (hwclock -w) in QEMU; bhyvectl reads the kernel's.
+            vm.rtc_offset = qemu_seconds - host_local_seconds()
+            self.rtc_offset_seen = vm.rtc_offset
+
+    def push_rtc(self, reg_b: int) -> None:
+        """Write the kernel's RTC time into QEMU's chip, whose register B is *reg_b*."""
+        b = self.bhyve
+        seconds = b.kernel.rtc_seconds(b.kernel.get(b.name))
+        last = 0
+        for line in qmp.rtc_set_commands(seconds, reg_b):
+            last = self.send("human-monitor-command", {"command-line": line}, label="rtc-write")
+        self.rtc_pushing = False
+        self.rtc_valid_from = last
+
     def on_event(self, event: Event) -> None:
         if event.name != "SHUTDOWN" or self.stopping is not None:
             return
         how = qmp.suspend_for(str(event.data.get("reason", "")))
+        if how == "reset" and self.triple_faulted():
+            how = "triplefault"
         self.finish(how or "poweroff")
+
+    def triple_faulted(self) -> bool:
+        try:
+            with open(self.reset_log, encoding="utf-8", errors="replace") as f:
+                return qmp.triple_faulted(f.read())
+        except OSError:
+            return False
 
     def on_bell(self, bell: int) -> None:
         b = self.bhyve

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import calendar
 import json
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -70,7 +71,8 @@ Message = Greeting | Reply | Event
 
 #: QEMU's ShutdownCause values and the bhyve suspend reason each stands for.
 SHUTDOWN_SUSPEND: dict[str, str] = {
-    # The guest reset itself (reboot; also a triple fault, which QEMU reports the same way).
+    # The guest reset itself (reboot; also a triple fault, which QEMU reports the same
+    # way: see triple_faulted).
     "guest-reset": "reset",
     "host-qmp-system-reset": "reset",
     # The guest powered off through ACPI S5 (after a power button press or on its own).
@@ -84,6 +86,21 @@ SHUTDOWN_SUSPEND: dict[str, str] = {
 def suspend_for(reason: str) -> str | None:
     """The bhyve suspend reason for a ``SHUTDOWN`` event's *reason*, if it maps."""
     return SHUTDOWN_SUSPEND.get(reason)
+
+
+#: What QEMU's x86 TCG code logs (``-d cpu_reset``) just before it requests the reset
+#: that a triple fault causes; the ``SHUTDOWN`` event that follows says only
+#: ``guest-reset``.
+TRIPLE_FAULT_LOG = "Triple fault"
+
+
+def triple_faulted(reset_log: str) -> bool:
+    """Whether QEMU's CPU-reset log *reset_log* records a triple fault.
+
+    The log is rewritten at each QEMU start and the engine's QEMU ends at its first
+    reset (``-action reboot=shutdown``), so any such line is that reset's cause.
+    """
+    return any(line.strip() == TRIPLE_FAULT_LOG for line in reset_log.splitlines())
 
 
 def rtc_seconds(tm: Mapping[str, Any]) -> int:
@@ -196,3 +213,71 @@ class QmpSession:
         if "return" in msg:
             return Reply(ident, msg["return"])
         raise QmpProtocolError(f"QMP: unknown message: {line[:200]!r}")
+
+
+# -- setting QEMU's RTC ----------------------------------------------------------------
+#
+# QMP has no command that sets the emulated MC146818's time (rtc-time is read-only and
+# -rtc base= applies at start only), but HMP's ioport commands reach the chip the way a
+# guest's hwclock -w does: index port 0x70, data port 0x71. Setting register B's SET
+# bit stops the chip's updates while the time registers are written; clearing it makes
+# QEMU take the new time. The registers hold BCD unless register B's DM bit says binary.
+
+RTC_INDEX_PORT = 0x70
+RTC_DATA_PORT = 0x71
+RTC_REG_B = 0x0B
+RTC_B_SET = 0x80
+RTC_B_BINARY = 0x04
+RTC_B_24H = 0x02
+#: QEMU's PC machines keep the century in CMOS register 0x32.
+RTC_REG_CENTURY = 0x32
+
+
+def rtc_read_reg_b() -> list[str]:
+    """HMP commands whose last reply is register B (see :func:`parse_port_read`)."""
+    return [f"o /b {RTC_INDEX_PORT:#x} {RTC_REG_B:#x}", f"i /b {RTC_DATA_PORT:#x}"]
+
+
+def parse_port_read(text: str) -> int:
+    """The value of an HMP ``i`` reply (``portb[0x0071] = 0x02``).
+
+    Raises:
+        QmpProtocolError: the reply is not that.
+    """
+    _, sep, value = text.strip().partition("=")
+    try:
+        number = int(value.strip(), 16)
+    except ValueError:
+        number = -1
+    if not sep or number < 0:
+        raise QmpProtocolError(f"not an ioport read: {text!r}")
+    return number
+
+
+def rtc_set_commands(seconds: int, reg_b: int) -> list[str]:
+    """HMP commands that set QEMU's RTC to read *seconds* (wall time counted as UTC,
+    as :func:`rtc_seconds` counts it), for a chip whose register B is *reg_b*."""
+    t = time.gmtime(seconds)
+    binary = bool(reg_b & RTC_B_BINARY)
+
+    def enc(v: int) -> int:
+        return v if binary else (v // 10) * 16 + v % 10
+
+    if reg_b & RTC_B_24H:
+        hour = enc(t.tm_hour)
+    else:  # 12-hour mode: 12, 1..11, with bit 7 for PM
+        hour = enc(t.tm_hour % 12 or 12) | (0x80 if t.tm_hour >= 12 else 0)
+    regs = [
+        (0x00, enc(t.tm_sec)),
+        (0x02, enc(t.tm_min)),
+        (0x04, hour),
+        (0x06, (t.tm_wday + 1) % 7 + 1),  # Sunday is 1; tm_wday counts from Monday = 0
+        (0x07, enc(t.tm_mday)),
+        (0x08, enc(t.tm_mon)),
+        (0x09, enc(t.tm_year % 100)),
+        (RTC_REG_CENTURY, enc(t.tm_year // 100)),
+    ]
+    out: list[str] = []
+    for reg, value in [(RTC_REG_B, reg_b | RTC_B_SET), *regs, (RTC_REG_B, reg_b & ~RTC_B_SET)]:
+        out += [f"o /b {RTC_INDEX_PORT:#x} {reg:#x}", f"o /b {RTC_DATA_PORT:#x} {value:#x}"]
+    return out

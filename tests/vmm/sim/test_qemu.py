@@ -46,6 +46,7 @@ GOLDEN = [
     "-action", "reboot=shutdown,shutdown=pause",
     "-chardev", "socket,id=qmp,fd=7,server=off",
     "-mon", "chardev=qmp,mode=control",
+    "-d", "cpu_reset", "-D", "/sim/.simhost/g1.qemu-reset.log",
     "-rtc", "base=utc",
     "-kernel", "/cache/vmlinuz",
     "-initrd", "/cache/initrd.img",
@@ -81,6 +82,7 @@ def _plan(resolve_root: str = "/sim", memory_path: str = "/sim,x/dev/vmm/g1") ->
         memory_path=memory_path,
         tap_exists=lambda n: n == "tap0",
         qmp_fd=7,
+        reset_log="/sim/.simhost/g1.qemu-reset.log",
     )
 
 
@@ -106,6 +108,7 @@ def test_localtime_rtc_and_an_explicit_rtc_start() -> None:
             memory_path="/m",
             tap_exists=bool,
             qmp_fd=3,
+            reset_log="/l",
             rtc_base=rtc_base,
         ).argv
 
@@ -153,6 +156,7 @@ def test_real_qemu_accepts_the_mapped_command_line(tmp_path: Path) -> None:
         memory_path=str(mem),
         tap_exists=lambda n: False,
         qmp_fd=theirs.fileno(),
+        reset_log=str(tmp_path / "reset.log"),
     )
     # -S: build the machine (every device and backend) but run no guest code. The
     # kernel options go: QEMU would load the (empty) kernel before anything else.

@@ -1,0 +1,244 @@
+"""Bulk byte transfers after an upgraded reply: a range of an open file, raw on the socket.
+
+Theory of operation: a method called with ``stream: true`` checks everything it can (the
+guest, the disk, the range) and opens the file *before* it replies, so every refusal is
+an ordinary JSON error naming its field. Its reply says how many bytes follow; then the
+connection leaves JSON and carries exactly that many raw bytes, and the daemon closes it.
+Once the reply is written nothing can be reported in-band: if the source fails mid-way
+(a VM destroyed during the read), the daemon closes the connection early and the client,
+counting bytes, sees a short stream (``Client.call_stream`` raises ShortStreamError).
+
+A regular file (a disk image) goes out with ``sendfile(2)`` straight from the page cache
+to the socket, without passing through the process; FreeBSD's sendfile does not wait for
+the disk (pages not yet in memory are sent when they arrive), so it can run on the event
+loop between ``wait_writable`` calls. Anything else (zvols and ``/dev/vmm/NAME`` are
+character devices, which sendfile does not read) is moved by one worker thread per
+stream: ``preadv`` into one reused buffer, ``write`` to the socket, ``poll`` when the
+socket is full; a hop to the event loop per chunk cost half the throughput. The thread
+checks a stop flag between writes and at least every :data:`STOP_POLL_MS`, so a daemon
+shutting down waits that long at most. The daemon's send buffer is enlarged for the
+stream: FreeBSD's default for a local stream socket is 8 KiB, a wakeup per 8 KiB.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import select
+import socket
+import stat
+import threading
+from collections.abc import Callable
+from typing import Final
+
+import structlog
+import trio
+
+__all__ = ["CHUNK", "ReadInto", "send_range"]
+
+LOGGER = structlog.stdlib.get_logger("bhyvesupd.rpc")
+
+#: Bytes per read on the daemon's side: large enough that a thread hop per chunk is noise.
+CHUNK: Final = 4 << 20
+
+#: The send buffer asked for a stream (the kernel may cap it: Linux at net.core.wmem_max,
+#: FreeBSD refuses more than kern.ipc.maxsockbuf, 2 MiB by default, and keeps its own).
+SEND_BUFFER: Final = 2 << 20
+
+#: sendfile(2) errors that mean "not with this pair of descriptors": use pread instead.
+_NO_SENDFILE: Final = frozenset({errno.EINVAL, errno.ENOTSOCK, errno.EOPNOTSUPP, errno.ENOSYS})
+
+_GONE: Final = (
+    trio.BrokenResourceError,
+    trio.ClosedResourceError,
+    BrokenPipeError,
+    ConnectionResetError,
+)
+
+
+#: How long the worker thread waits for room in the socket before it looks at its stop flag.
+STOP_POLL_MS: Final = 200
+
+
+class _Unsendable(Exception):
+    """sendfile(2) cannot send from this file on this socket."""
+
+
+def _socket_of(stream: trio.abc.Stream) -> trio.socket.SocketType | None:
+    inner = getattr(stream, "transport_stream", stream)
+    return inner.socket if isinstance(inner, trio.SocketStream) else None
+
+
+async def _sendfile(
+    sock: trio.socket.SocketType, fd: int, offset: int, size: int, progress: list[int]
+) -> None:
+    """Send with sendfile(2) on the non-blocking *sock*, counting in ``progress[0]``.
+
+    Raises:
+        _Unsendable: before any byte went out, the kernel refused the pair.
+    """
+    while progress[0] < size:
+        await trio.lowlevel.wait_writable(sock)
+        try:
+            n = os.sendfile(sock.fileno(), fd, offset + progress[0], min(CHUNK, size - progress[0]))
+        except BlockingIOError:
+            continue
+        except OSError as exc:
+            if progress[0] == 0 and exc.errno in _NO_SENDFILE:
+                raise _Unsendable from exc
+            raise
+        if n == 0:
+            break  # the file ended early
+        progress[0] += n
+
+
+def _pump(
+    sockfd: int,
+    fd: int,
+    offset: int,
+    size: int,
+    read_into: ReadInto,
+    stop: threading.Event,
+    progress: list[int],
+) -> None:
+    """Blocking: read and write until *size* bytes went out, the file ended or *stop*.
+
+    *progress* holds the bytes sent so far (read by the caller after a failure).
+    Raises whatever the read or the write raised.
+    """
+    buf = memoryview(bytearray(min(CHUNK, size)))
+    poller = select.poll()
+    poller.register(sockfd, select.POLLOUT)
+    while progress[0] < size and not stop.is_set():
+        n = read_into(fd, buf[: min(CHUNK, size - progress[0])], offset + progress[0])
+        if n == 0:
+            return  # the file ended early
+        out = buf[:n]
+        while out and not stop.is_set():
+            try:
+                k = os.write(sockfd, out)
+            except BlockingIOError:
+                poller.poll(STOP_POLL_MS)
+                continue
+            out = out[k:]
+            progress[0] += k
+
+
+async def _pump_in_thread(
+    sock: trio.socket.SocketType,
+    fd: int,
+    offset: int,
+    size: int,
+    read_into: ReadInto,
+    progress: list[int],
+) -> None:
+    stop = threading.Event()
+    token = trio.lowlevel.current_trio_token()
+    finished = trio.Event()
+
+    def work() -> None:
+        try:
+            _pump(sock.fileno(), fd, offset, size, read_into, stop, progress)
+        finally:
+            token.run_sync_soon(finished.set)
+
+    try:
+        await trio.to_thread.run_sync(work, abandon_on_cancel=True)
+    except trio.Cancelled:
+        # The thread uses fd and the socket until it has stopped: wait for it.
+        stop.set()
+        with trio.CancelScope(shield=True):
+            await finished.wait()
+        raise
+
+
+ReadInto = Callable[[int, memoryview, int], int]
+"""``(fd, buffer, offset) -> bytes read``, like ``os.preadv(fd, [buffer], offset)``."""
+
+
+def _preadinto(fd: int, buf: memoryview, offset: int) -> int:
+    return os.preadv(fd, [buf], offset)
+
+
+async def _via_loop(
+    stream: trio.abc.Stream,
+    fd: int,
+    offset: int,
+    size: int,
+    read_into: ReadInto,
+    progress: list[int],
+) -> None:
+    """Any other stream (no socket to write to from a thread): read in a worker thread,
+    send from the event loop, a chunk at a time."""
+    buf = memoryview(bytearray(min(CHUNK, size))) if size else memoryview(b"")
+    while progress[0] < size:
+        want = min(CHUNK, size - progress[0])
+        n = await trio.to_thread.run_sync(read_into, fd, buf[:want], offset + progress[0])
+        if n == 0:
+            return  # the file ended early
+        await stream.send_all(buf[:n])
+        progress[0] += n
+
+
+async def send_range(
+    stream: trio.abc.Stream,
+    fd: int,
+    offset: int,
+    size: int,
+    *,
+    read: ReadInto | None = None,
+    what: str = "",
+) -> int:
+    """Send *size* bytes of the open *fd* from *offset* on *stream*, then close both.
+
+    Args:
+        stream: the upgraded connection.
+        fd: a file descriptor opened for reading; this function owns and closes it.
+        offset: where in *fd* to start.
+        size: how many bytes to send.
+        read: reads into a buffer (see :data:`ReadInto`); it may raise OSError, which
+            ends the stream early (the client notices the short count). None: a plain
+            ``preadv``, and ``sendfile(2)`` when *fd* is a regular file.
+        what: names the source in the log.
+
+    Returns:
+        The bytes sent (less than *size* only when the source or the client failed).
+    """
+    read_into = read or _preadinto
+    progress = [0]
+    try:
+        sock = _socket_of(stream)
+        if sock is None:
+            await _via_loop(stream, fd, offset, size, read_into, progress)
+        else:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER)
+            done = False
+            if read is None and stat.S_ISREG(os.fstat(fd).st_mode):
+                with contextlib.suppress(_Unsendable):
+                    await _sendfile(sock, fd, offset, size, progress)
+                    done = True
+            if not done and size:
+                await _pump_in_thread(sock, fd, offset, size, read_into, progress)
+        sent = progress[0]
+        if sent < size:
+            LOGGER.warning("bulk_stream_short", source=what, sent=sent, size=size)
+    except _GONE:
+        LOGGER.debug("bulk_stream_client_gone", source=what, sent=progress[0], size=size)
+    except Exception as exc:  # the source failed mid-way (an OSError, or a named error)
+        LOGGER.warning(
+            "bulk_stream_read_failed",
+            source=what,
+            sent=progress[0],
+            error=str(exc),
+            type=type(exc).__name__,
+        )
+    finally:
+        os.close(fd)
+        with trio.CancelScope(shield=True):
+            try:
+                await stream.aclose()
+            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+                pass
+    return progress[0]
