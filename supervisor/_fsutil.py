@@ -20,7 +20,7 @@ def write_atomic(path: str, data: bytes, *, mode: int = 0o644, durable: bool = T
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
     try:
         try:
-            os.write(fd, data)
+            _write_all(fd, data)
             if durable:
                 os.fsync(fd)
         finally:
@@ -39,3 +39,12 @@ def write_atomic(path: str, data: bytes, *, mode: int = 0o644, durable: bool = T
         os.fsync(dirfd)
     finally:
         os.close(dirfd)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    """Write all of *data*: write(2) may store only part of it when the filesystem is
+    nearly full (it fails with ENOSPC only once nothing fits), and a short write taken
+    for a whole one would rename a truncated file over the good one."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]

@@ -28,7 +28,65 @@ _SHARED: list[structlog.types.Processor] = [
 ]
 
 
-class _JsonFile(logging.handlers.WatchedFileHandler):
+class _LogFile(logging.handlers.WatchedFileHandler):
+    """The log file, quiet when it cannot be written.
+
+    The stdlib prints a traceback on stderr for every record a handler fails to write:
+    on a full filesystem that is one traceback per event, for as long as it stays full.
+    This handler says once on stderr that records are being lost and why, and once
+    that they are written again.
+    """
+
+    _failing = False
+    _failed_now = False
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self._failed_now = False
+        try:
+            try:
+                self.reopenIfNeeded()
+            except OSError:
+                # The file was rotated away holding records it had no room for: they
+                # go with it. (The stdlib lets this error out of the logging call.)
+                self._drop_stream()
+                self.stream = self._open()
+                self._statstream()
+            logging.FileHandler.emit(self, record)
+        except OSError:
+            self.handleError(record)
+        if self._failing and not self._failed_now:
+            self._failing = False
+            sys.stderr.write(f"bhyvesupd: log file {self.baseFilename}: writable again\n")
+
+    def _drop_stream(self) -> None:
+        stream, self.stream = self.stream, None
+        if stream is not None:
+            try:
+                stream.close()
+            except OSError:
+                pass
+
+    def close(self) -> None:
+        try:
+            super().close()
+        except OSError:
+            pass  # the unwritten tail is lost; closing must not fail for it
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        exc = sys.exc_info()[1]
+        if not isinstance(exc, OSError):
+            super().handleError(record)
+            return
+        self._failed_now = True
+        if not self._failing:
+            self._failing = True
+            sys.stderr.write(
+                f"bhyvesupd: log file {self.baseFilename}: {exc.strerror or exc}; "
+                "records are lost until it can be written again\n"
+            )
+
+
+class _JsonFile(_LogFile):
     """JSON lines to a file, each line also written to *echo* (stderr) when given."""
 
     def __init__(self, path: str, echo: TextIO | None) -> None:

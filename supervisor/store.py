@@ -15,7 +15,7 @@ import attrs
 
 from supervisor._fsutil import write_atomic
 from supervisor.domain.model import Domain
-from supervisor.errors import SupervisorError
+from supervisor.errors import HostNotReadyError, SupervisorError
 from supervisor.host import Host
 from supervisor.log import get_logger
 
@@ -88,7 +88,17 @@ class DefinitionStore:
     def save(self, domain: Domain) -> str:
         """Write *domain*'s definition atomically; returns the local path."""
         path = self.path_of(domain.name)
-        write_atomic(path, self.format(domain).encode("utf-8"), mode=0o600)
+        try:
+            write_atomic(path, self.format(domain).encode("utf-8"), mode=0o600)
+        except OSError as exc:
+            # A full or read-only filesystem is the host's condition, not a bug: say
+            # which file and why; the old definition (if any) is still in place.
+            where = self.host.unpath(path)
+            raise HostNotReadyError(
+                f"cannot write the definition of {domain.name!r} to {where}: "
+                f"{exc.strerror or exc}; nothing was changed",
+                data={"path": where, "errno": exc.errno},
+            ) from None
         return path
 
     def remove(self, name: str) -> None:

@@ -40,6 +40,31 @@ def test_events_below_the_level_are_dropped_and_the_rest_are_json(
     assert lines[0]["timestamp"].endswith("Z")
 
 
+def test_a_log_file_that_cannot_be_written_is_reported_once_then_recovers(
+    tmp_path: Path, restore_logging: None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # /dev/full fails every write with ENOSPC, as a full /var/log does.
+    path = tmp_path / "bhyvesupd.log"
+    path.symlink_to("/dev/full")
+    logsetup.configure(level="info", log_file=str(path), console=False)
+    logger = logsetup.get_logger("bhyvesupd.guest")
+    for n in range(20):
+        logger.info("guest_started", pid=n)
+    err = capsys.readouterr().err
+    assert err == (
+        f"bhyvesupd: log file {path}: No space left on device; "
+        "records are lost until it can be written again\n"
+    )
+    # Space returns (here: the file is replaced, as newsyslog does): records are
+    # written again, and stderr says so once.
+    path.unlink()
+    path.touch()
+    logger.info("guest_started", pid=99)
+    logger.info("guest_started", pid=100)
+    assert capsys.readouterr().err == f"bhyvesupd: log file {path}: writable again\n"
+    assert [json.loads(line)["pid"] for line in path.read_text().splitlines()] == [99, 100]
+
+
 def test_stderr_that_is_no_terminal_gets_the_file_lines(
     tmp_path: Path, restore_logging: None, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -3,7 +3,9 @@
 Faults: ``kill -9`` of bhyve, every way a guest ends bhyve (reboot → 0, poweroff → 1,
 halt → 2, triple fault → 3, abort → SIGABRT), loader failures (the boot disk vanishes
 under bhyveload), clients that drop mid-call (half a request, a call then a hang-up, a
-console attachment closed at once), and ``kill -9`` of the daemon followed by a restart.
+console attachment closed at once), and ``kill -9`` of the daemon followed by a restart,
+with one guest's bhyve killed while no daemon watches. (The full state filesystem is in
+``test_fullfs.py``.)
 
 Invariants, checked after every fault:
 
@@ -12,7 +14,10 @@ Invariants, checked after every fault:
   state each fault must lead to;
 - definitions are intact: each guest's XML is what was defined;
 - nothing is left behind: a guest that is not running has no /dev/vmm entry, no pid file
-  and no bhyve process; a running one has exactly one bhyve, named in its pid file.
+  and no bhyve process; a running one has exactly one bhyve, named in its pid file;
+- across a ``kill -9`` of the daemon, every running guest is adopted as it was (running,
+  the same bhyve pid, its console reopened: it echoes what is typed), and a guest whose
+  bhyve died meanwhile leaves nothing (VM, pid file, socket, tap, tap table entry).
 
 The bounded run (CI) injects a few dozen faults; ``--resilience-long`` (or
 ``BHYVESUP_RESILIENCE_LONG=N`` for N faults) runs the long mode. The seed is printed, and
@@ -21,6 +26,8 @@ The bounded run (CI) injects a few dozen faults; ``--resilience-long`` (or
 
 from __future__ import annotations
 
+import base64
+import json
 import os
 import random
 import signal
@@ -37,6 +44,7 @@ import pytest
 
 from supervisor.errors import SupervisorError
 from supervisor.rpc.client import Client
+from supervisor.vmm.sim import ifconfig, procs
 
 NS = "urn:bhyve-supervisor:domain:1"
 #: Seconds a guest may take to settle after a fault.
@@ -52,7 +60,7 @@ POLICY = (
 )
 
 
-def guest_xml(name: str, *, uefi: bool) -> str:
+def guest_xml(name: str, *, uefi: bool, devices: str = "") -> str:
     loader = (
         "<loader readonly='yes' type='pflash'>/usr/local/share/uefi-firmware/BHYVE_UEFI.fd</loader>"
         if uefi
@@ -72,7 +80,7 @@ def guest_xml(name: str, *, uefi: bool) -> str:
     <disk type='file' device='disk'>
       <source file='/var/vm/{name}/disk0.img'/>
       <target dev='vda' bus='virtio'/>
-    </disk>
+    </disk>{devices}
     <serial type='nmdm'>
       <source master='/dev/nmdm-{name}.1A' slave='/dev/nmdm-{name}.1B'/>
     </serial>
@@ -84,12 +92,15 @@ def guest_xml(name: str, *, uefi: bool) -> str:
 class Rig:
     """The daemon on a simulated host, with the checks the invariants need."""
 
-    def __init__(self, root: Path, out: Path) -> None:
+    def __init__(self, root: Path, out: Path, config: Path | None = None) -> None:
         self.root = root
         self.out = out
+        self.config = config
+        #: The run_dir of the daemon's configuration, relative to the host's root.
+        self.run_dir = "var/run/bhyvesupd"
         self.socket = str(root / "var/run/bhyvesupd/bhyvesupd.sock")
         self.proc: subprocess.Popen[bytes] | None = None
-        self.defined: dict[str, str] = {}
+        self.defined: dict[str, Any] = {}
         self.violations: list[str] = []
 
     # -- the daemon ------------------------------------------------------------------
@@ -104,6 +115,7 @@ class Rig:
                     "--sim",
                     str(self.root),
                     "--no-examples",
+                    *(["--config", str(self.config)] if self.config else []),
                 ],
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -143,12 +155,12 @@ class Rig:
 
     # -- guests ----------------------------------------------------------------------
 
-    def define(self, name: str, *, uefi: bool) -> None:
+    def define(self, name: str, *, uefi: bool, devices: str = "") -> None:
         disk = self.root / f"var/vm/{name}/disk0.img"
         disk.parent.mkdir(parents=True, exist_ok=True)
         with open(disk, "wb") as f:
             f.truncate(16 << 20)
-        xml = guest_xml(name, uefi=uefi)
+        xml = guest_xml(name, uefi=uefi, devices=devices)
         self.call("domain.define", xml=xml)
         self.defined[name] = self.call("domain.get_xml", name=name)
 
@@ -230,12 +242,15 @@ class Rig:
             if self.call("domain.get_xml", name=name) != self.defined[name]:
                 found.append(f"{name}: definition changed")
             info = self.info(name)
-            pidfile = self.root / f"var/run/bhyvesupd/{name}.pid"
+            pidfile = self.root / self.run_dir / f"{name}.pid"
             vmm = self.root / f"dev/vmm/{name}"
-            bhyves = bhyve_pids(name)
+            bhyves = bhyve_pids(self.root, name)
             if info["state"] == "running":
                 if bhyves != [info["pid"]]:
-                    found.append(f"{name}: running as {info['pid']}, bhyves {bhyves}")
+                    found.append(
+                        f"{name}: running as {info['pid']}, bhyves "
+                        + ", ".join(describe_process(p) for p in bhyves)
+                    )
                 if not pidfile.exists() or int(pidfile.read_text()) != info["pid"]:
                     found.append(f"{name}: pid file does not name {info['pid']}")
             elif info["state"] in ("shutoff", "crashed"):
@@ -247,8 +262,11 @@ class Rig:
         return found
 
 
-def bhyve_pids(name: str) -> list[int]:
-    """Live simulated bhyve processes of *name* (by their title, as ps shows it)."""
+def bhyve_pids(root: Path, name: str) -> list[int]:
+    """Live simulated bhyve processes of *name* on the host at *root*: by their title,
+    as ps shows it, among the processes that host registered. (Other suites on the
+    same machine run guests of the same names on hosts of their own.)"""
+    mine = set(procs.live(str(root)))
     out = []
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
@@ -260,9 +278,19 @@ def bhyve_pids(name: str) -> list[int]:
                 state = f.read().rpartition(")")[2].split()[0]
         except OSError:
             continue
-        if cmd.rstrip(b"\0") == f"bhyve: {name}".encode() and state != "Z":
+        if cmd.rstrip(b"\0") == f"bhyve: {name}".encode() and state != "Z" and int(entry) in mine:
             out.append(int(entry))
     return sorted(out)
+
+
+def describe_process(pid: int) -> str:
+    """*pid* with what /proc says of it (state, parent, threads), for a report."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as f:
+            fields = f.read().rpartition(")")[2].split()
+    except OSError:
+        return f"{pid} (gone)"
+    return f"{pid} (state {fields[0]}, ppid {fields[1]}, threads {fields[17]})"
 
 
 @pytest.fixture
@@ -398,6 +426,105 @@ def _kill_loaded(rig: Rig, name: str) -> None:
     rig.settle(name, lambda i: i["state"] == "crashed", "crashed after kill -9")
 
 
+#: A guest with what a stop must release besides the VM and the pid file: a tap on a
+#: bridge and a virtio-console socket. It takes no part in the random faults.
+NETGUEST = "n1"
+
+
+def net_devices(rig: Rig, name: str) -> str:
+    return (
+        "\n    <interface type='bridge'><source bridge='bridge0'/>"
+        "<model type='virtio'/></interface>"
+        f"\n    <channel type='unix'><source mode='bind' path='/{rig.run_dir}/{name}.port'/>"
+        "<target type='virtio' name='org.example.port.0'/></channel>"
+    )
+
+
+def leftovers(rig: Rig, name: str) -> list[str]:
+    """What a guest that is not running must not leave behind: its VM, pid file,
+    sockets, taps (on the host and in the daemon's tap table) and bhyve processes."""
+    left = [
+        str(p)
+        for p in (
+            rig.root / f"dev/vmm/{name}",
+            rig.root / rig.run_dir / f"{name}.pid",
+            rig.root / rig.run_dir / f"{name}.port",
+        )
+        if os.path.lexists(p)
+    ]
+    left += [f"tap {tap}" for tap in guest_taps(rig, name)]
+    table = rig.root / rig.run_dir / "taps.json"
+    if table.exists() and name in json.loads(table.read_text()):
+        left.append(f"{name} in {table.name}")
+    if bhyve_pids(rig.root, name):
+        left.append(f"bhyve {bhyve_pids(rig.root, name)}")
+    return left
+
+
+def guest_taps(rig: Rig, name: str) -> list[str]:
+    """The simulated host's taps whose description says the daemon made them for *name*."""
+    return [
+        ifname
+        for ifname, info in ifconfig.interfaces(str(rig.root)).items()
+        if (info.get("description") or "").startswith(f"bhyvesupd guest {name} ")
+    ]
+
+
+def console_answers(rig: Rig, name: str, word: str) -> bool:
+    """Whether *name*'s console, attached through the daemon, echoes *word* back."""
+    rig.type(name, f"echo {word}")
+    deadline = time.monotonic() + SETTLE
+    while time.monotonic() < deadline:
+        data = base64.b64decode(rig.call("console.tail", name=name)["data"])
+        if f"\n{word}\r".encode() in data:
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def daemon_kill9(rig: Rig, guests: list[str], injected: Counter[str]) -> None:
+    """``kill -9`` of the daemon with every guest running; while no daemon watches,
+    the network guest's bhyve is killed too. The next daemon must adopt each survivor
+    as it is (running, same pid, console reopened) and leave nothing of the dead one.
+    """
+    for name in [*guests, NETGUEST]:
+        rig.ensure_running(name)
+    running = {n: rig.info(n)["pid"] for n in guests}
+    dead = rig.info(NETGUEST)["pid"]
+    taps = guest_taps(rig, NETGUEST)
+    if not taps or not (rig.root / rig.run_dir / f"{NETGUEST}.port").exists():
+        rig.violations.append(f"{NETGUEST}: running without its tap or socket: taps {taps}")
+    rig.kill_daemon()
+    injected["daemon-kill-9"] += 1
+    os.kill(dead, signal.SIGKILL)
+    injected["bhyve-kill-9-unwatched"] += 1
+    deadline = time.monotonic() + SETTLE
+    while bhyve_pids(rig.root, NETGUEST) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    for name, pid in running.items():
+        if bhyve_pids(rig.root, name) != [pid]:
+            rig.violations.append(f"{name}: bhyve {pid} did not outlive the daemon")
+    rig.start_daemon()
+    for name, pid in running.items():
+        info = rig.info(name)
+        if info["state"] != "running" or info["pid"] != pid:
+            rig.violations.append(
+                f"{name}: not adopted as running with pid {pid}: {info['state']} {info['pid']}"
+            )
+        elif not console_answers(rig, name, f"adopted-{name}"):
+            rig.violations.append(f"{name}: console not reopened after the daemon restart")
+    info = rig.info(NETGUEST)
+    if info["state"] == "running":
+        rig.violations.append(f"{NETGUEST}: running after its bhyve died unwatched: {info}")
+    else:
+        deadline = time.monotonic() + CLEANUP
+        while (left := leftovers(rig, NETGUEST)) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if left:
+            rig.violations.append(f"{NETGUEST}: {info['state']}, died unwatched, left {left}")
+    rig.check([*guests, NETGUEST])
+
+
 def fault_count(config: pytest.Config) -> int:
     env = os.environ.get("BHYVESUP_RESILIENCE_LONG")
     if env:
@@ -417,6 +544,7 @@ def test_random_faults_keep_the_invariants(rig: Rig, pytestconfig: pytest.Config
         rig.define(name, uefi=True)
     for name in loaded:
         rig.define(name, uefi=False)
+    rig.define(NETGUEST, uefi=True, devices=net_devices(rig, NETGUEST))
     names = uefi + loaded
     for name in names:
         rig.ensure_running(name)
@@ -433,20 +561,8 @@ def test_random_faults_keep_the_invariants(rig: Rig, pytestconfig: pytest.Config
         if rig.violations:
             break
 
-    # kill -9 of the daemon: guests outlive it, a new daemon starts and keeps the
-    # definitions. (Re-adopting the running guests is checked once it exists.)
-    for name in uefi:
-        rig.ensure_running(name)
-    running = {n: rig.info(n)["pid"] for n in uefi}
-    rig.kill_daemon()
-    injected["daemon-kill-9"] += 1
-    for name, pid in running.items():
-        if bhyve_pids(name) != [pid]:
-            rig.violations.append(f"{name}: bhyve {pid} did not outlive the daemon")
-    rig.start_daemon()
-    for name in names:
-        if rig.call("domain.get_xml", name=name) != rig.defined[name]:
-            rig.violations.append(f"{name}: definition changed across a daemon restart")
+    daemon_kill9(rig, uefi + loaded, injected)
+    names.append(NETGUEST)
 
     report = (
         f"resilience: seed={seed} guests={len(names)} faults={sum(injected.values())} "
