@@ -653,6 +653,15 @@ async def _amain(args: argparse.Namespace) -> int:
         elif config_path is None and os.path.exists("/usr/local/etc/bhyvesupd.toml"):
             config_path = "/usr/local/etc/bhyvesupd.toml"
         config = load_config(config_path)
+        if args.sim:
+            outside = _outside_sim_root(host, config)
+            if outside:
+                print(
+                    f"bhyvesupd: with --sim, {outside[0]} must be under one of the simulated "
+                    f"host's trees ({', '.join(host.rooted)}), got {outside[1]}",
+                    file=sys.stderr,
+                )
+                return 2
         level = args.log_level or config.daemon.log_level
         logsetup.configure(level=level, log_file=host.path(config.daemon.log_file))
         if args.sim and not args.no_examples:
@@ -690,6 +699,23 @@ async def _amain(args: argparse.Namespace) -> int:
             nursery.start_soon(watch_signals)
             await daemon.stopping.wait()
         return 0
+
+
+def _outside_sim_root(host: Host, config: Config) -> tuple[str, str] | None:
+    """The first daemon-owned path of *config* that a simulated host would leave on the
+    real machine (it maps only its system trees), as (key, path)."""
+    owned = {
+        "daemon.socket": config.daemon.socket,
+        "daemon.log_file": config.daemon.log_file,
+        "guests.domains_dir": config.guests.domains_dir,
+        "guests.run_dir": config.guests.run_dir,
+        "guests.log_dir": config.guests.log_dir,
+        "network.networks_dir": config.network.networks_dir,
+    }
+    for key, path in owned.items():
+        if host.path(path) == path:
+            return key, path
+    return None
 
 
 def _check_socket_free(path: str) -> None:

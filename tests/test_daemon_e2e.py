@@ -366,3 +366,30 @@ def test_daemon_stop_shuts_guests_down_in_reverse_start_order(tmp_path: Path) ->
     # app (order 2) is asked and gone before db (order 1) is asked.
     assert events.index(("bhyve_exited", "app")) < events.index(("bhyve_signalled", "db"))
     assert ("bhyve_exited", "db") in events
+
+
+def test_sim_refuses_a_config_path_outside_the_simulated_host(tmp_path: Path) -> None:
+    # A simulated host maps only FreeBSD's system trees: a run_dir elsewhere would be
+    # created on the real machine.
+    outside = f"/bhyvesup-test-{os.getpid()}/run"
+    config = tmp_path / "bhyvesupd.toml"
+    config.write_text(f'[guests]\nrun_dir = "{outside}"\n')
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "supervisor.daemon",
+            "--sim",
+            str(tmp_path / "host"),
+            "--no-examples",
+            "--config",
+            str(config),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert r.returncode == 2
+    assert "guests.run_dir" in r.stderr
+    assert outside in r.stderr
+    assert not os.path.exists(os.path.dirname(outside))
