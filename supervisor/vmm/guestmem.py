@@ -19,7 +19,7 @@ import os
 from collections.abc import Sequence
 from typing import Final
 
-from supervisor.errors import HostToolError, InvalidStateError, OutOfRangeError
+from supervisor.errors import HostToolError, InvalidStateError, OutOfRangeError, SupervisorError
 from supervisor.vmm.bhyvectl import MemMapEntry
 
 __all__ = [
@@ -127,13 +127,7 @@ def pread_memory(fd: int, size: int, start: int) -> bytes:
     try:
         return os.pread(fd, size, start)
     except OSError as e:
-        if e.errno == errno.EFAULT:
-            raise OutOfRangeError(
-                f"size: guest memory at {start:#x} is not mapped", field="size"
-            ) from None
-        if e.errno == errno.ENXIO:
-            raise InvalidStateError("the VM was destroyed during the read", field="name") from None
-        raise HostToolError(f"reading guest memory: {e.strerror}") from None
+        raise _read_error(e, start) from None
 
 
 def preadinto_memory(fd: int, buf: memoryview, start: int) -> int:
@@ -141,13 +135,16 @@ def preadinto_memory(fd: int, buf: memoryview, start: int) -> int:
     try:
         return os.preadv(fd, [buf], start)
     except OSError as e:
-        if e.errno == errno.EFAULT:
-            raise OutOfRangeError(
-                f"size: guest memory at {start:#x} is not mapped", field="size"
-            ) from None
-        if e.errno == errno.ENXIO:
-            raise InvalidStateError("the VM was destroyed during the read", field="name") from None
-        raise HostToolError(f"reading guest memory: {e.strerror}") from None
+        raise _read_error(e, start) from None
+
+
+def _read_error(e: OSError, start: int) -> SupervisorError:
+    # What a failed read of /dev/vmm/NAME means, by the kernel's errno.
+    if e.errno == errno.EFAULT:
+        return OutOfRangeError(f"size: guest memory at {start:#x} is not mapped", field="size")
+    if e.errno == errno.ENXIO:
+        return InvalidStateError("the VM was destroyed during the read", field="name")
+    return HostToolError(f"reading guest memory: {e.strerror}")
 
 
 def read_memory(device: str, start: int, size: int) -> bytes:
