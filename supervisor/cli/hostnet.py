@@ -19,8 +19,8 @@ from typing import Any
 from supervisor.cli.control import (
     EXIT_OK,
     connect,
-    error,
     out,
+    read_input,
     verb,
 )
 from supervisor.cli.render import render_json
@@ -106,19 +106,8 @@ def cmd_nodedev_list(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _read(path: str) -> str:
-    if path == "-":
-        return sys.stdin.read()
-    with open(path, encoding="utf-8") as f:
-        return f.read()
-
-
 def cmd_net_define(args: argparse.Namespace) -> int:
-    try:
-        xml = _read(args.file)
-    except OSError as exc:
-        error(f"{args.file}: {exc.strerror}")
-        return 1
+    xml = read_input(args.file)
     with connect(args) as client:
         info = client.call("network.define", xml=xml)
     out(f"Network {info['name']} defined")

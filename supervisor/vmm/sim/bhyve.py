@@ -634,18 +634,27 @@ class _Bhyve:
             return
         self._act(self.guest.on_input(data))
 
-    def _on_bell(self, bell: int) -> None:
-        assert self.guest is not None
+    def take_doorbell(self, bell: int) -> tuple[list[int], str | None]:
+        """What bhyvectl rang the doorbell for: the NMIs to deliver (counted in the VM's
+        statistics as the kernel does) and a pending suspend, if any.
+
+        Raises:
+            OSError: the VM is gone (destroyed under us).
+        """
         with contextlib.suppress(BlockingIOError):
             os.read(bell, 4096)
+        with self.kernel.update(self.name) as vm:
+            nmis, vm.nmi = vm.nmi, []
+            for v in nmis:
+                counters = vm.stats.setdefault(str(v), {})
+                key = "number of NMIs delivered to vcpu"
+                counters[key] = counters.get(key, 0) + 1
+            return nmis, vm.suspend
+
+    def _on_bell(self, bell: int) -> None:
+        assert self.guest is not None
         try:
-            with self.kernel.update(self.name) as vm:
-                nmis, vm.nmi = vm.nmi, []
-                for v in nmis:
-                    counters = vm.stats.setdefault(str(v), {})
-                    key = "number of NMIs delivered to vcpu"
-                    counters[key] = counters.get(key, 0) + 1
-                how = vm.suspend
+            nmis, how = self.take_doorbell(bell)
         except OSError:
             self._destroyed()
         if how is not None:

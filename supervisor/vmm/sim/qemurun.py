@@ -392,16 +392,8 @@ class _Runner:
 
     def on_bell(self, bell: int) -> None:
         b = self.bhyve
-        with contextlib.suppress(BlockingIOError):
-            os.read(bell, 4096)
         try:
-            with b.kernel.update(b.name) as vm:
-                nmis, vm.nmi = vm.nmi, []
-                for v in nmis:
-                    counters = vm.stats.setdefault(str(v), {})
-                    key = "number of NMIs delivered to vcpu"
-                    counters[key] = counters.get(key, 0) + 1
-                how = vm.suspend
+            nmis, how = b.take_doorbell(bell)
         except OSError:
             self.stop_qemu()
             b._destroyed()
