@@ -56,6 +56,26 @@ async def wait_for_exit(host: Host, pid: int) -> ExitInfo:
     return decode_wait_status(event.data)
 
 
+async def wait_child_exit(pid: int) -> None:
+    """Return once our child *pid* has ended; the caller reaps it with ``waitpid``.
+
+    A child that has ended already is a zombie: kevent() may then refuse the
+    registration (ESRCH), which says the same thing.
+    """
+    kqueue = trio.lowlevel.current_kqueue()
+    try:
+        kqueue.control([_event(pid, select.KQ_EV_ADD | select.KQ_EV_ONESHOT)], 0)
+    except ProcessLookupError:
+        return
+
+    def abort(_: trio.lowlevel.RaiseCancelT) -> trio.lowlevel.Abort:
+        with contextlib.suppress(ProcessLookupError):
+            kqueue.control([_event(pid, select.KQ_EV_DELETE)], 0)
+        return trio.lowlevel.Abort.SUCCEEDED
+
+    await trio.lowlevel.wait_kevent(pid, select.KQ_FILTER_PROC, abort)
+
+
 def is_zombie(pid: int) -> bool:
     # init reaps orphans at once on FreeBSD; a zombie is a moment, not a state to
     # report.

@@ -28,16 +28,25 @@ def status_path(pid: int) -> str:
 
 
 async def wait_for_exit(host: Host, pid: int) -> ExitInfo:
+    await wait_readable_exit(pid)
+    return collect_status(host, pid)
+
+
+async def wait_readable_exit(pid: int) -> None:
+    """Return once process *pid* has ended (at once when it is gone already).
+
+    A child that ended stays a zombie until its parent reaps it, and its pidfd is
+    readable from then on: the parent can wait here and reap with ``waitpid`` after.
+    """
     try:
         pidfd = os.pidfd_open(pid)
     except ProcessLookupError:
-        return collect_status(host, pid)
+        return
     try:
         await trio.lowlevel.wait_readable(pidfd)
     finally:
         trio.lowlevel.notify_closing(pidfd)
         os.close(pidfd)
-    return collect_status(host, pid)
 
 
 def collect_status(host: Host, pid: int) -> ExitInfo:
