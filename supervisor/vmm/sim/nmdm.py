@@ -194,12 +194,27 @@ def _request(root: str, request: dict[str, Any], *, start: bool) -> dict[str, An
         sock = _start_relay(root)
     with sock:
         try:
-            sock.sendall(json.dumps(request).encode() + b"\n")
+            sock.sendall(encode_request(request))
             line = _recv_line(sock)
         except OSError as exc:
             raise HostNotReadyError(
                 f"nmdm relay of {root}: no answer to {request['op']!r}: {exc}"
             ) from exc
+    return decode_reply(root, request, line)
+
+
+def encode_request(request: dict[str, Any]) -> bytes:
+    """One request line of the relay's control protocol."""
+    return json.dumps(request).encode() + b"\n"
+
+
+def decode_reply(root: str, request: dict[str, Any], line: bytes) -> dict[str, Any]:
+    """The relay's answer to *request*, read as *line* (empty: the relay hung up).
+
+    Raises:
+        HostNotReadyError: the relay hung up without answering.
+        SupervisorError: the relay refused the request.
+    """
     if not line:
         if request["op"] == "stop":
             return {}
@@ -208,6 +223,22 @@ def _request(root: str, request: dict[str, Any], *, start: bool) -> dict[str, An
     if "error" in reply:
         raise SupervisorError(f"nmdm relay of {root}: {reply['error']}")
     return reply
+
+
+def open_control_dir(root: str) -> int | None:
+    """A descriptor of the directory holding the relay's control socket, or None when
+    the simulated kernel has no such directory yet (no relay ever ran). Connect to
+    :func:`control_address` of it while it is open; the caller closes it."""
+    try:
+        return os.open(_kernel_dir(root), os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return None
+
+
+def control_address(dir_fd: int) -> str:
+    """The address of the relay's control socket, through *dir_fd*
+    (:func:`open_control_dir`)."""
+    return _socket_address(dir_fd)
 
 
 def _recv_line(sock: socket.socket) -> bytes:

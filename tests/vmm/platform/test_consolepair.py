@@ -152,3 +152,31 @@ def test_a_node_that_is_not_a_terminal_is_refused(host: Host) -> None:
 async def test_a_real_freebsd_host_is_not_this_machine() -> None:
     with pytest.raises(UnsupportedError, match="/dev/nmdm0B"):
         await consolepair.ensure_pair(FREEBSD, "/dev/nmdm0B")
+
+
+async def test_with_the_relay_running_a_pair_costs_no_thread(
+    host: Host, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await consolepair.ensure_pair(host, "/dev/nmdm-a.1B")  # starts the relay
+
+    async def no_threads(*args: object, **kw: object) -> None:
+        raise AssertionError("a worker thread was used")
+
+    monkeypatch.setattr(trio.to_thread, "run_sync", no_threads)
+    for i in range(5):
+        await consolepair.ensure_pair(host, f"/dev/nmdm-b{i}.1B")
+    assert {f"/dev/nmdm-b{i}.1A" for i in range(5)} <= set(nmdm.list_pairs(host.root))
+    os.close(consolepair.open_console(host, "/dev/nmdm-b3.1B"))
+
+
+async def test_a_dead_relay_is_replaced(host: Host) -> None:
+    await consolepair.ensure_pair(host, "/dev/nmdm-a.1B")
+    pid = nmdm.relay_pid(host.root)
+    assert pid is not None
+    os.kill(pid, 9)  # its socket file stays behind: connecting is refused
+    with trio.fail_after(20):
+        while nmdm.relay_pid(host.root) is not None:  # noqa: ASYNC110 - another process
+            await trio.sleep(0.05)
+    await consolepair.ensure_pair(host, "/dev/nmdm-c.1B")
+    assert nmdm.relay_pid(host.root) not in (None, pid)
+    os.close(consolepair.open_console(host, "/dev/nmdm-c.1B"))
