@@ -23,7 +23,7 @@ from __future__ import annotations
 import os
 import uuid as _uuid
 from collections.abc import Callable, Sequence
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import attrs
 
@@ -84,6 +84,23 @@ def _replace(items: Sequence[_T], index: int, item: _T) -> tuple[_T, ...]:
     return (*items[:index], item, *items[index + 1 :])
 
 
+_DOMAIN_FIELDS = tuple(f.name for f in attrs.fields(Domain))
+
+
+def _draft(domain: Domain, **changes: Any) -> Domain:
+    """*domain* with *changes*, not validated.
+
+    Post-parse builds its result in a dozen steps, and validating a whole domain
+    walks every device: each step yields a draft, and :func:`assign_pci_slots`, the
+    last one, builds the finished domain with every check (half of the time a
+    definition took to load went into validating drafts).
+    """
+    new = object.__new__(Domain)
+    for name in _DOMAIN_FIELDS:
+        object.__setattr__(new, name, changes[name] if name in changes else getattr(domain, name))
+    return new
+
+
 def post_parse(domain: Domain, caps: Capabilities = DEFAULT, ids: IdSource | None = None) -> Domain:
     """*domain* with libvirt's bhyve post-parse applied (see the module docstring).
 
@@ -94,18 +111,18 @@ def post_parse(domain: Domain, caps: Capabilities = DEFAULT, ids: IdSource | Non
     """
     ids = ids or IdSource()
     if domain.uuid is None:
-        domain = attrs.evolve(domain, uuid=ids.uuid())
+        domain = _draft(domain, uuid=ids.uuid())
     if domain.os.arch is None:
-        domain = attrs.evolve(domain, os=attrs.evolve(domain.os, arch="x86_64"))
+        domain = _draft(domain, os=attrs.evolve(domain.os, arch="x86_64"))
     if domain.current_memory_kib is None or domain.current_memory_kib > domain.memory_kib:
-        domain = attrs.evolve(domain, current_memory_kib=domain.memory_kib)
+        domain = _draft(domain, current_memory_kib=domain.memory_kib)
     domain = _serial_console_compat(domain)
     domain = _implicit_bridges(domain)
     domain = _device_defaults(domain, caps, ids)
     domain = _boot_order(domain)
     domain = _implicit_controllers(domain)
     if domain.graphics and not domain.videos:
-        domain = attrs.evolve(domain, videos=(Video(model="gop", heads=1, primary=True),))
+        domain = _draft(domain, videos=(Video(model="gop", heads=1, primary=True),))
     return assign_pci_slots(domain)
 
 
@@ -121,7 +138,7 @@ def _serial_console_compat(domain: Domain) -> Domain:
     if serials:
         mirror = attrs.evolve(serials[0], target_type="serial")
         consoles = (mirror, *consoles[1:]) if consoles else (mirror,)
-    return attrs.evolve(domain, serials=serials, consoles=consoles)
+    return _draft(domain, serials=serials, consoles=consoles)
 
 
 def _insert_controller(
@@ -148,7 +165,7 @@ def _has_controller(domain: Domain, type_: ControllerType, index: int = 0) -> bo
 def _add_controller(domain: Domain, new: Controller) -> Domain:
     if _has_controller(domain, new.type, new.index):
         return domain
-    return attrs.evolve(domain, controllers=_insert_controller(domain.controllers, new))
+    return _draft(domain, controllers=_insert_controller(domain.controllers, new))
 
 
 def _implicit_bridges(domain: Domain) -> Domain:
@@ -207,7 +224,7 @@ def _device_defaults(domain: Domain, caps: Capabilities, ids: IdSource) -> Domai
     rngs = tuple(
         attrs.evolve(r, source="/dev/random") if r.source is None else r for r in domain.rngs
     )
-    return attrs.evolve(
+    return _draft(
         domain,
         rngs=rngs,
         disks=tuple(disks),
@@ -233,7 +250,7 @@ def _boot_order(domain: Domain) -> Domain:
             field="os.boot",
         )
     if not per_device and not domain.os.boot_devs and domain.os.bootloader is None:
-        return attrs.evolve(domain, os=attrs.evolve(domain.os, boot_devs=("hd",)))
+        return _draft(domain, os=attrs.evolve(domain.os, boot_devs=("hd",)))
     return domain
 
 
