@@ -55,3 +55,10 @@ def test_write_atomic_out_of_space_keeps_the_old_file(
         write_atomic(str(target), b"new and longer")
     assert target.read_bytes() == b"old"
     assert [p.name for p in tmp_path.iterdir()] == ["g.xml"]
+
+
+def test_write_atomic_makes_missing_directories(tmp_path: Path) -> None:
+    path = tmp_path / "run" / "bhyvesupd" / "web1.pid"
+    write_atomic(str(path), b"42\n", durable=False)
+    assert path.read_bytes() == b"42\n"
+    assert os.listdir(path.parent) == ["web1.pid"]

@@ -10,8 +10,27 @@ processes a test left running.
 
 from __future__ import annotations
 
-from supervisor.vmm.sim.hardware import Hardware as Hardware
-from supervisor.vmm.sim.host import install as install
-from supervisor.vmm.sim.host import teardown as teardown
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from supervisor.vmm.sim.hardware import Hardware as Hardware
+    from supervisor.vmm.sim.host import install as install
+    from supervisor.vmm.sim.host import teardown as teardown
 
 __all__ = ["Hardware", "install", "teardown"]
+
+# Loaded on first use: the supervisor imports one module of this package (the nmdm
+# relay's client) on every Linux start, and the whole simulator behind it on none.
+_LAZY = {
+    "Hardware": "supervisor.vmm.sim.hardware",
+    "install": "supervisor.vmm.sim.host",
+    "teardown": "supervisor.vmm.sim.host",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(module), name)

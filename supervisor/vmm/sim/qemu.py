@@ -48,11 +48,16 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING
 
 import attrs
 
-from supervisor.vmm.bhyveopts import BhyveCommand, PciDevice
 from supervisor.vmm.sim.guestimage import GuestImage
+
+if TYPE_CHECKING:
+    # Only in annotations: the daemon loads this module to record the engine choice,
+    # and the argv parser behind these names is a sizeable import it does not need.
+    from supervisor.vmm.bhyveopts import BhyveCommand, PciDevice
 from supervisor.vmm.sim.hardware import SIM_DIR
 
 QEMU = "qemu-system-x86_64"
