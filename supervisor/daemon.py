@@ -48,7 +48,7 @@ from supervisor.passthru.hook import PassthruHook
 from supervisor.store import DefinitionStore
 from supervisor.vmm import caps as capsmod
 from supervisor.vmm.argv import build_commands
-from supervisor.vmm.hostexec import run_tool
+from supervisor.vmm.hostexec import run_tool, tool_env
 from supervisor.vmm.nvram import NvramHook
 
 log = logsetup.get_logger("bhyvesupd")
@@ -110,6 +110,8 @@ class Daemon:
             host, config.guests.domains_dir, parse_domain_xml, format_domain_xml
         )
         self.paths = GuestPaths(config.guests.run_dir, config.guests.log_dir)
+        #: One environment for every guest's bhyve and loader.
+        self.tool_env = tool_env(host)
         self.guests: dict[str, Guest] = {}
         self.started_at = time.monotonic()
         self._nursery: trio.Nursery | None = None
@@ -197,6 +199,7 @@ class Daemon:
             console_log_keep=g.console_log_keep,
             hooks=self.launch_hooks,
             ready_regex=domain.policy.ready_console_regex,
+            env=self.tool_env,
         )
 
     async def _add(self, domain: Domain) -> Guest:

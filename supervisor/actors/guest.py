@@ -37,7 +37,7 @@ import os
 import re
 import signal
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
 import attrs
@@ -137,6 +137,8 @@ class GuestActor:
         hooks: host resources acquired before each launch, released after the final stop.
         ready_regex: the guest is "ready" once its console prints a match after a boot
             (``policy.ready_console_regex``); without one, running means ready.
+        env: the environment of the guest's programs (default: this host's tool
+            environment, :func:`~supervisor.vmm.hostexec.tool_env`).
     """
 
     def __init__(
@@ -155,6 +157,7 @@ class GuestActor:
         console_log_keep: int = 3,
         hooks: Sequence[LaunchHook] = (),
         ready_regex: str | None = None,
+        env: Mapping[str, str] | None = None,
     ) -> None:
         self.name = name
         self.host = host
@@ -185,9 +188,10 @@ class GuestActor:
         self._timers: dict[lc.Timer, trio.CancelScope] = {}
         self._launch_scope: trio.CancelScope | None = None
         self._launch_cancelled = False
-        #: The environment every program of this guest runs with (computed once: a
-        #: copy of os.environ per launch was a measurable part of starting 500 guests).
-        self._env = tool_env(host)
+        #: The environment bhyve and the loader run with. The daemon passes one for all
+        #: its guests: a copy of os.environ per launch, or per guest, was a measurable
+        #: part of starting (and then keeping) 500 guests.
+        self._env = env if env is not None else tool_env(host)
         self._log_dir_made = False
         self._console_running = False
         self._changed = trio.Event()

@@ -48,6 +48,14 @@ def test_round_trip() -> None:
     assert parse_network_xml(format_network_xml(net)) == net
 
 
+def test_markup_in_a_value_is_escaped_and_reads_back() -> None:
+    net = parse_network_xml(NAT.replace("name='web1'", "name=\"o'brien &amp; &lt;co&gt;\""))
+    assert net.hosts[0].name == "o'brien & <co>"
+    text = format_network_xml(net)
+    assert "name='o&apos;brien &amp; &lt;co&gt;'" in text
+    assert parse_network_xml(text) == net
+
+
 def test_isolated_network_without_forward() -> None:
     net = parse_network_xml(
         "<network><name>iso</name><bridge name='bridge5'/><ip address='192.168.50.1' "
