@@ -1,9 +1,14 @@
-"""Logging: structlog over the stdlib, JSON lines to a file and readable lines on stderr.
+"""Logging: structlog, JSON lines to a file and readable lines on stderr.
+
+The daemon's own events go through structlog's native pipeline: a level filter that
+costs nothing for dropped events, a few processors, and one :class:`_Output` that
+writes the line itself. The stdlib's logging machinery (a LogRecord, caller lookup,
+handler locks, a formatter) made each kept event cost as much as starting part of a
+guest; it is kept only as a bridge for other libraries' records.
 
 Each event is rendered once per form. When stderr is not a terminal (a service's
 output captured to a file or a pipe) it gets the very JSON line written to the file,
-not a second rendering: rendering every event twice cost a quarter of the daemon's CPU
-while it started 500 guests. A terminal gets the readable key=value form.
+not a second rendering. A terminal gets the readable key=value form.
 
 Event names are stable snake_case keys (``guest_started``, ``bhyve_exited``) with their
 facts as fields, never prose. Each guest actor binds ``guest=NAME`` in its context, so
@@ -12,102 +17,138 @@ everything logged inside it (and in the tasks it starts) carries the guest's nam
 
 from __future__ import annotations
 
+import json
 import logging
-import logging.handlers
 import os
 import sys
-from typing import TextIO
+from collections.abc import MutableMapping
+from typing import Any, TextIO
 
 import structlog
 
-_SHARED: list[structlog.types.Processor] = [
-    structlog.contextvars.merge_contextvars,
-    structlog.stdlib.add_log_level,
-    structlog.stdlib.add_logger_name,
-    structlog.processors.TimeStamper(fmt="iso", utc=True),
-]
+_LEVELS = {"debug": 10, "info": 20, "warning": 30, "error": 40, "critical": 50}
 
 
-class _LogFile(logging.handlers.WatchedFileHandler):
-    """The log file, quiet when it cannot be written.
+class _Output:
+    """Where rendered events go: a JSON-lines file and/or stderr.
 
-    The stdlib prints a traceback on stderr for every record a handler fails to write:
-    on a full filesystem that is one traceback per event, for as long as it stays full.
-    This handler says once on stderr that records are being lost and why, and once
-    that they are written again.
+    The file is reopened when it has been moved away or replaced (newsyslog rotates
+    it), as the stdlib's WatchedFileHandler does. A file that cannot be written (a
+    full /var/log) is reported once on stderr, not once per event, and once more
+    when it can be written again; the records in between are lost.
     """
 
-    _failing = False
-    _failed_now = False
+    def __init__(self, path: str | None, *, echo: TextIO | None, console: TextIO | None):
+        self.path = path
+        self.echo = echo
+        self.console = console
+        self._renderer = structlog.dev.ConsoleRenderer(colors=False) if console else None
+        self._fd = -1
+        self._ident: tuple[int, int] | None = None
+        self._failing = False
 
-    def emit(self, record: logging.LogRecord) -> None:
-        self._failed_now = False
+    def emit(self, event: MutableMapping[str, Any]) -> None:
+        line = ""
+        if self.path is not None or self.echo is not None:
+            line = json.dumps(event, default=repr)
+        if self.path is not None:
+            self._write_file(line)
+        if self.echo is not None:
+            _write_text(self.echo, line + "\n")
+        if self.console is not None and self._renderer is not None:
+            text = self._renderer(None, "", event)
+            _write_text(self.console, f"{text}\n")
+
+    def _write_file(self, line: str) -> None:
+        assert self.path is not None
         try:
-            try:
-                self.reopenIfNeeded()
-            except OSError:
-                # The file was rotated away holding records it had no room for: they
-                # go with it. (The stdlib lets this error out of the logging call.)
-                self._drop_stream()
-                self.stream = self._open()
-                self._statstream()
-            logging.FileHandler.emit(self, record)
-        except OSError:
-            self.handleError(record)
-        if self._failing and not self._failed_now:
+            self._reopen_if_moved()
+            data = (line + "\n").encode("utf-8", "backslashreplace")
+            view = memoryview(data)
+            while view:
+                view = view[os.write(self._fd, view) :]
+        except OSError as exc:
+            if not self._failing:
+                self._failing = True
+                sys.stderr.write(
+                    f"bhyvesupd: log file {self.path}: {exc.strerror or exc}; "
+                    "records are lost until it can be written again\n"
+                )
+            return
+        if self._failing:
             self._failing = False
-            sys.stderr.write(f"bhyvesupd: log file {self.baseFilename}: writable again\n")
+            sys.stderr.write(f"bhyvesupd: log file {self.path}: writable again\n")
 
-    def _drop_stream(self) -> None:
-        stream, self.stream = self.stream, None
-        if stream is not None:
-            try:
-                stream.close()
-            except OSError:
-                pass
+    def _reopen_if_moved(self) -> None:
+        assert self.path is not None
+        try:
+            st = os.stat(self.path)
+            ident: tuple[int, int] | None = (st.st_dev, st.st_ino)
+        except FileNotFoundError:
+            ident = None
+        if self._fd >= 0 and ident == self._ident:
+            return
+        self.close()
+        self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
+        st = os.fstat(self._fd)
+        self._ident = (st.st_dev, st.st_ino)
 
     def close(self) -> None:
-        try:
-            super().close()
-        except OSError:
-            pass  # the unwritten tail is lost; closing must not fail for it
-
-    def handleError(self, record: logging.LogRecord) -> None:
-        exc = sys.exc_info()[1]
-        if not isinstance(exc, OSError):
-            super().handleError(record)
-            return
-        self._failed_now = True
-        if not self._failing:
-            self._failing = True
-            sys.stderr.write(
-                f"bhyvesupd: log file {self.baseFilename}: {exc.strerror or exc}; "
-                "records are lost until it can be written again\n"
-            )
+        if self._fd >= 0:
+            fd, self._fd = self._fd, -1
+            try:
+                os.close(fd)
+            except OSError:
+                pass  # the unwritten tail is lost; closing must not fail for it
 
 
-class _JsonFile(_LogFile):
-    """JSON lines to a file, each line also written to *echo* (stderr) when given."""
+def _write_text(stream: TextIO, text: str) -> None:
+    try:
+        stream.write(text)
+        stream.flush()
+    except (OSError, ValueError):
+        pass  # stderr closed: the file still has the line
 
-    def __init__(self, path: str, echo: TextIO | None) -> None:
-        super().__init__(path)
-        self._echo = echo
-        self._line = ""
 
-    def format(self, record: logging.LogRecord) -> str:
-        self._line = super().format(record)
-        return self._line
+class _Logger:
+    """The object structlog hands each finished event to (one per logger name)."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def msg(self, /, **event: Any) -> None:
+        output = _output
+        if output is not None:
+            output.emit(event)
+
+    # The filtering bound logger calls the method named after the level.
+    debug = info = warning = warn = error = critical = exception = fatal = msg
+
+
+def _logger_factory(*args: Any) -> _Logger:
+    return _Logger(str(args[0]) if args else "bhyvesupd")
+
+
+class _StdlibBridge(logging.Handler):
+    """Records of other libraries that log through the stdlib, into the same output."""
 
     def emit(self, record: logging.LogRecord) -> None:
-        # handle() holds the handler's lock around emit, so _line is this record's.
-        super().emit(record)
-        if self._echo is not None and self._line:
-            try:
-                self._echo.write(self._line + "\n")
-                self._echo.flush()
-            except (OSError, ValueError):
-                pass  # stderr closed: the file still has the line
-            self._line = ""
+        output = _output
+        if output is None:
+            return
+        event: dict[str, Any] = {
+            "event": record.getMessage(),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+        }
+        event = _STAMP(None, "", event)  # type: ignore[assignment]
+        if record.exc_info:
+            event["exception"] = logging.Formatter().formatException(record.exc_info)
+        output.emit(event)
+
+
+_STAMP = structlog.processors.TimeStamper(fmt="iso", utc=True)
+_output: _Output | None = None
 
 
 def _is_tty(stream: TextIO) -> bool:
@@ -127,54 +168,44 @@ def configure(*, level: str = "info", log_file: str | None = None, console: bool
         console: also write on stderr: the file's JSON lines when there is a file and
             stderr is not a terminal, else key=value lines.
     """
-    root = logging.getLogger()
-    for handler in list(root.handlers):
-        root.removeHandler(handler)
-    root.setLevel(level.upper())
+    global _output
     if log_file is not None:
         os.makedirs(os.path.dirname(log_file) or ".", exist_ok=True)
-        echo = sys.stderr if console and not _is_tty(sys.stderr) else None
-        file_handler = _JsonFile(log_file, echo)
-        if echo is not None:
-            console = False  # served by the file handler's echo
-        file_handler.setFormatter(
-            structlog.stdlib.ProcessorFormatter(
-                foreign_pre_chain=_SHARED,
-                processors=[
-                    structlog.stdlib.ProcessorFormatter.remove_processors_meta,
-                    structlog.processors.dict_tracebacks,
-                    structlog.processors.JSONRenderer(),
-                ],
-            )
-        )
-        root.addHandler(file_handler)
-    if console:
-        stream = logging.StreamHandler(sys.stderr)
-        stream.setFormatter(
-            structlog.stdlib.ProcessorFormatter(
-                foreign_pre_chain=_SHARED,
-                processors=[
-                    structlog.stdlib.ProcessorFormatter.remove_processors_meta,
-                    structlog.dev.ConsoleRenderer(colors=False),
-                ],
-            )
-        )
-        root.addHandler(stream)
+    echo = sys.stderr if console and log_file is not None and not _is_tty(sys.stderr) else None
+    readable = sys.stderr if console and echo is None else None
+    old, _output = _output, _Output(log_file, echo=echo, console=readable)
+    if old is not None:
+        old.close()
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        if isinstance(handler, _StdlibBridge):
+            root.removeHandler(handler)
+    root.addHandler(_StdlibBridge())
+    root.setLevel(level.upper())
     structlog.configure(
-        # Drop events below the level first: every guest event logs at debug, and
-        # stamping and rendering one only for the stdlib to discard it cost 8% of the
-        # daemon's CPU while it started 150 guests.
         processors=[
-            structlog.stdlib.filter_by_level,
-            *_SHARED,
-            structlog.stdlib.ProcessorFormatter.wrap_for_formatter,
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            _add_logger_name,
+            _STAMP,
+            structlog.processors.dict_tracebacks,
         ],
-        logger_factory=structlog.stdlib.LoggerFactory(),
-        wrapper_class=structlog.stdlib.BoundLogger,
+        wrapper_class=structlog.make_filtering_bound_logger(_LEVELS.get(level.lower(), 20)),
+        logger_factory=_logger_factory,
+        # Not cached: configure() may run again (tests, a reload) and must take effect
+        # for loggers already handed out.
         cache_logger_on_first_use=False,
     )
 
 
-def get_logger(name: str = "bhyvesupd") -> structlog.stdlib.BoundLogger:
-    logger: structlog.stdlib.BoundLogger = structlog.stdlib.get_logger(name)
+def _add_logger_name(
+    logger: Any, method_name: str, event_dict: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
+    event_dict["logger"] = getattr(logger, "name", "bhyvesupd")
+    return event_dict
+
+
+def get_logger(name: str = "bhyvesupd") -> structlog.typing.FilteringBoundLogger:
+    """The structlog logger called *name* (``info``, ``warning``, ``bind`` ...)."""
+    logger: structlog.typing.FilteringBoundLogger = structlog.get_logger(name)
     return logger

@@ -80,3 +80,50 @@ def test_stderr_that_is_no_terminal_gets_the_file_lines(
         ("guest_started", "info"),
         ("status_write_failed", "warning"),
     ]
+
+
+def test_a_rotated_log_file_is_reopened(tmp_path: Path, restore_logging: None) -> None:
+    path = tmp_path / "bhyvesupd.log"
+    logsetup.configure(level="info", log_file=str(path), console=False)
+    logger = logsetup.get_logger("bhyvesupd")
+    logger.info("before_rotation")
+    path.rename(tmp_path / "bhyvesupd.log.0")  # what newsyslog does
+    logger.info("after_rotation")
+    assert json.loads((tmp_path / "bhyvesupd.log.0").read_text())["event"] == "before_rotation"
+    assert json.loads(path.read_text())["event"] == "after_rotation"
+
+
+def test_exceptions_and_other_libraries_records_are_json_lines(
+    tmp_path: Path, restore_logging: None
+) -> None:
+    path = tmp_path / "bhyvesupd.log"
+    logsetup.configure(level="info", log_file=str(path), console=False)
+    try:
+        raise ValueError("bad value")
+    except ValueError:
+        logsetup.get_logger("bhyvesupd.guest").exception("guest_actor_failed", guest="web1")
+    logging.getLogger("somelib").warning("disk %s is slow", "ada0")
+    logging.getLogger("somelib").debug("not written")
+    first, second = (json.loads(line) for line in path.read_text().splitlines())
+    assert (first["event"], first["level"], first["guest"]) == (
+        "guest_actor_failed",
+        "error",
+        "web1",
+    )
+    assert "ValueError" in json.dumps(first["exception"])
+    assert (second["event"], second["level"], second["logger"]) == (
+        "disk ada0 is slow",
+        "warning",
+        "somelib",
+    )
+
+
+def test_a_terminal_gets_readable_lines(
+    tmp_path: Path, restore_logging: None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    logsetup.configure(level="info", log_file=None, console=True)
+    logsetup.get_logger("bhyvesupd.guest").info("guest_started", guest="web1", pid=42)
+    err = capsys.readouterr().err
+    assert "guest_started" in err
+    assert "guest=web1" in err
+    assert "pid=42" in err

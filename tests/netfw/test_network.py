@@ -49,7 +49,7 @@ def test_round_trip() -> None:
 
 
 def test_markup_in_a_value_is_escaped_and_reads_back() -> None:
-    net = parse_network_xml(NAT.replace("name='web1'", "name=\"o'brien &amp; &lt;co&gt;\""))
+    net = parse_network_xml(NAT.replace("name='web1'", 'name="o\'brien &amp; &lt;co&gt;"'))
     assert net.hosts[0].name == "o'brien & <co>"
     text = format_network_xml(net)
     assert "name='o&apos;brien &amp; &lt;co&gt;'" in text
