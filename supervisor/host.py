@@ -52,6 +52,9 @@ SOCKET_PATH = "/var/run/bhyvesupd/bhyvesupd.sock"
 LOG_DIR = "/var/log/bhyvesupd"
 FIRMWARE_DIR = "/usr/local/share/uefi-firmware"
 
+#: How many mapped paths a host remembers before it starts over.
+_MAPPED_MAX = 4096
+
 #: The system trees a simulated host keeps under its own root.
 SYSTEM_TREES: tuple[str, ...] = ("/dev", "/var", "/usr", "/etc", "/boot", "/sbin", "/bin")
 
@@ -71,6 +74,9 @@ class Host:
     root: str = "/"
     rooted: tuple[str, ...] = SYSTEM_TREES
     env: Mapping[str, str] = attrs.field(factory=dict)
+    #: Paths already mapped: a guest start maps a dozen, each a normpath and a scan
+    #: of the trees. Not part of the host's identity.
+    _mapped: dict[str, str] = attrs.field(factory=dict, init=False, eq=False, repr=False)
 
     @property
     def is_rooted(self) -> bool:
@@ -83,8 +89,18 @@ class Host:
         Raises:
             ValueError: *freebsd_path* is not absolute.
         """
+        mapped = self._mapped.get(freebsd_path)
+        if mapped is not None:
+            return mapped
         if not freebsd_path.startswith("/"):
             raise ValueError(f"host path must be absolute, got {freebsd_path!r}")
+        mapped = self._map(freebsd_path)
+        if len(self._mapped) >= _MAPPED_MAX:
+            self._mapped.clear()
+        self._mapped[freebsd_path] = mapped
+        return mapped
+
+    def _map(self, freebsd_path: str) -> str:
         if not self.is_rooted:
             return freebsd_path
         norm = os.path.normpath(freebsd_path)
