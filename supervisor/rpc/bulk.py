@@ -29,8 +29,10 @@ large guest never holds a mapping of all its memory. Outside the spans (the PCI 
 device memory), and for the rest of a stream once the kernel has refused a mapping
 (``ENODEV``, ``EINVAL``, ``EACCES``...), the thread reads with ``preadv`` as before.
 The mapped pages are only ever touched by the kernel inside ``write(2)``: if they go
-away under the stream (a destroyed VM), the write fails with an error instead of the
-process taking a SIGBUS.
+away under the stream, the write fails with an error instead of the process taking a
+SIGBUS. A mapping keeps the VM's memory object alive, so a VM destroyed mid-stream is
+noticed at the next window (the mapping is refused, the read fails with ENXIO) and the
+stream ends short there, at most a window later than a read-only stream would.
 """
 
 from __future__ import annotations
