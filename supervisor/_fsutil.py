@@ -38,8 +38,13 @@ def write_atomic(path: str, data: bytes, *, mode: int = 0o644, durable: bool = T
         except FileNotFoundError:
             pass
         raise
-    if not durable:
-        return
+    if durable:
+        fsync_directory(directory)
+
+
+def fsync_directory(directory: str) -> None:
+    """Put *directory*'s entries (a file just created or renamed there) on stable storage:
+    fsync of a file does not cover the name that leads to it."""
     dirfd = os.open(directory, os.O_RDONLY)
     try:
         os.fsync(dirfd)

@@ -18,9 +18,10 @@ import pytest
 
 from supervisor.errors import OutOfRangeError
 from supervisor.vmm.sim.guest import SIGNATURE_GPA
-from tests.test_daemon_e2e import Sim, running_daemon
+from tests.test_daemon_e2e import Sim, guest_xml, running_daemon
 
 MB = 1 << 20
+GB = 1 << 30
 
 
 @pytest.fixture
@@ -61,6 +62,61 @@ def test_streamed_memory_peek_is_the_guest_memory(web: Sim) -> None:
         assert data == f.read(8 * MB)
 
 
+class _SameAs(io.RawIOBase):
+    """A sink that checks what it is given against *path* from *start* on, as it comes."""
+
+    def __init__(self, path: Path, start: int) -> None:
+        self.file = open(path, "rb")  # noqa: SIM115 - closed by close()
+        self.file.seek(start)
+        self.count = 0
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, b: bytes | bytearray | memoryview) -> int:
+        assert self.file.read(len(b)) == bytes(b), f"differs within {len(b)} bytes at +{self.count}"
+        self.count += len(b)
+        return len(b)
+
+    def close(self) -> None:
+        self.file.close()
+        super().close()
+
+
+def test_streamed_memory_peek_across_the_pci_hole_to_the_end_of_ram(tmp_path: Path) -> None:
+    # More than 3 GiB: RAM at [0, 3G) and [4G, 4G + 64M), the PCI hole between. RAM is
+    # sent from mappings, the hole is read.
+    xml = guest_xml("big").replace(
+        "<memory unit='MiB'>128</memory>", "<memory unit='MiB'>3136</memory>"
+    )
+    with running_daemon(tmp_path, "--no-examples") as s:
+        disk = s.root / "var/vm/big/disk0.img"
+        disk.parent.mkdir(parents=True)
+        with open(disk, "wb") as f:
+            f.truncate(16 * MB)
+        s.call("domain.define", xml=xml)
+        s.call("domain.start", name="big")
+        s.wait_state("big", "running")
+        s.wait_for("the VM's memory", lambda: s.vmm("big").exists())
+        vmm = s.vmm("big")
+        # Bytes that are not zeros on both sides of the hole, and in it where device
+        # memory would be (the simulated file reads them; the kernel would too).
+        with open(vmm, "r+b") as f:
+            f.seek(3 * GB - MB)
+            f.write(os.urandom(MB))
+            f.seek(3 * GB + 512 * MB + 11)
+            f.write(os.urandom(MB))
+            f.seek(4 * GB + 64 * MB - MB - 5)
+            f.write(os.urandom(MB + 5))
+        ram_end = 4 * GB + 64 * MB
+        for start, size in [(3 * GB - MB + 3, ram_end - (3 * GB - MB + 3)), (ram_end - 3, 3)]:
+            with _SameAs(vmm, start) as sink, s.client() as c:
+                c.call_stream("domain.memory_peek", sink, name="big", start=start, size=size)
+            assert sink.count == size
+        log = (tmp_path / "daemon.out").read_text()
+        assert "bulk_stream_unmappable" not in log
+
+
 def test_streamed_peek_refuses_out_of_range_and_stays_json(web: Sim) -> None:
     with web.client() as c:
         with pytest.raises(OutOfRangeError) as e:
@@ -84,12 +140,14 @@ def test_streamed_peek_refuses_out_of_range_and_stays_json(web: Sim) -> None:
         assert c.call("domain.get_info", name="web")["state"] == "running"
 
 
-def test_a_client_leaving_mid_stream_does_not_hurt_the_daemon(web: Sim, tmp_path: Path) -> None:
+@pytest.mark.parametrize("method", ["domain.block_peek", "domain.memory_peek"])
+def test_a_client_leaving_mid_stream_does_not_hurt_the_daemon(
+    web: Sim, tmp_path: Path, method: str
+) -> None:
+    where = {"disk": "vda", "offset": 0} if method == "domain.block_peek" else {"start": 0}
     for _ in range(3):
         c = web.client()
-        reply = c.call(
-            "domain.block_peek", name="web", disk="vda", offset=0, size=16 * MB, stream=True
-        )
+        reply = c.call(method, name="web", **where, size=16 * MB, stream=True)
         assert reply["size"] == 16 * MB
         sock, rest = c.raw_socket()
         got = len(rest) + len(sock.recv(65536))
@@ -101,7 +159,7 @@ def test_a_client_leaving_mid_stream_does_not_hurt_the_daemon(web: Sim, tmp_path
     assert web.info("web")["state"] == "running"
     sink = io.BytesIO()
     with web.client() as c:
-        c.call_stream("domain.block_peek", sink, name="web", disk="vda", offset=0, size=16 * MB)
+        c.call_stream(method, sink, name="web", **where, size=16 * MB)
     assert len(sink.getvalue()) == 16 * MB
     assert web.proc.poll() is None
     log = (tmp_path / "daemon.out").read_text()

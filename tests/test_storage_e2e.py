@@ -272,6 +272,14 @@ def test_file_copy_job_progress_cancel_and_pivot(zsim: Sim, tmp_path: Path) -> N
     assert str(tmp_path / "c2.img") in zsim.call("domain.get_xml", name="f1")["xml"]
     jobs = ctl.json("job-list")
     assert [j["state"] for j in jobs] == ["cancelled", "completed"]
+    assert jobs[1]["result"]["durable"] is True  # pivoted to: on disk first
+
+    # A plain copy is left to the page cache like cp's; --sync asks for a durable one.
+    r = ctl.run("blockcopy", "f1", "vda", str(tmp_path / "c4.img"), "--wait")
+    assert '"durable":false' in r.stdout
+    r = ctl.run("blockcopy", "f1", "vda", str(tmp_path / "c5.img"), "--sync", "--wait")
+    assert '"durable":true' in r.stdout
+    assert (tmp_path / "c5.img").read_bytes() == disk.read_bytes()
 
     # A running guest's plain file cannot be copied consistently: refused, says why.
     ctl.run("start", "f1")

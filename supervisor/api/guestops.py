@@ -352,8 +352,8 @@ def register(reg: Registry, daemon: Daemon) -> None:
         await _bhyvectl(host, bhyvectl.inject_nmi_argv(d.name, vcpu))
         return {"vcpu": vcpu}
 
-    #: Guest name -> (bhyve pid, end of its RAM), learnt from its memory map.
-    ram_ends: dict[str, tuple[int, int]] = {}
+    #: Guest name -> (bhyve pid, end of its RAM, its RAM mappings), from its memory map.
+    ram_maps: dict[str, tuple[int, int, tuple[tuple[int, int], ...]]] = {}
 
     # Guest memory may hold secrets: like libvirt, never to a read-only connection.
     @method("domain.memory_peek", access="rw", upgrade=True)
@@ -375,22 +375,30 @@ def register(reg: Registry, daemon: Daemon) -> None:
         limit = None if stream else guestmem.MAX_PEEK
         if size < 0 or start < 0 or (limit is not None and size > limit):
             guestmem.check_range([], start, size, limit)  # raises, naming the field
-        known = ram_ends.get(g.domain.name)
+        known = ram_maps.get(g.domain.name)
         if known is None or known[0] != pid or start + size > known[1]:
-            # Every page below the end of RAM reads, and that end is fixed for the VM's
-            # life: only a range reaching past it needs the current map (ROMs,
-            # framebuffers and BARs may move); the map costs a bhyvectl run.
+            # Every page below the end of RAM reads, and RAM's mappings are fixed for
+            # the VM's life: only a range reaching past its end needs the current map
+            # (ROMs, framebuffers and BARs may move); the map costs a bhyvectl run.
             memmap = bhyvectl.parse_memmap(
                 await _bhyvectl(host, bhyvectl.memmap_argv(g.domain.name))
             )
-            ram_ends[g.domain.name] = (pid, guestmem.ram_end(memmap))
+            known = (pid, guestmem.ram_end(memmap), guestmem.sysmem_spans(memmap))
+            ram_maps[g.domain.name] = known
             guestmem.check_range(memmap, start, size, limit)
         if stream:
             fd = await trio.to_thread.run_sync(guestmem.open_device, host.vmm_device(g.domain.name))
+            ram = known[2]
 
             async def send(conn: trio.abc.Stream) -> None:
                 await bulk.send_range(
-                    conn, fd, start, size, read=guestmem.preadinto_memory, what=g.domain.name
+                    conn,
+                    fd,
+                    start,
+                    size,
+                    read=guestmem.preadinto_memory,
+                    mappable=ram,
+                    what=g.domain.name,
                 )
 
             ctx.after_reply = send

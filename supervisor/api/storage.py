@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import os
 import threading
+import time
 from typing import TYPE_CHECKING, Any
 
 import attrs
@@ -47,6 +48,10 @@ from supervisor.vmm.bhyveopts import parse_bhyve_argv
 
 if TYPE_CHECKING:
     from supervisor.daemon import Daemon, Guest
+
+
+#: The least time between two progress reports of a file copy (seconds).
+COPY_REPORT_INTERVAL = 0.02
 
 
 def agent_for(daemon: Daemon, guest: Guest) -> AgentClient:
@@ -340,20 +345,25 @@ def register(reg: Registry, daemon: Daemon) -> None:
             raise InvalidStateError(f"disk {disk} of {g.domain.name} already has a job running")
         return jobs.start(kind, g.domain.name, disk, body, unit).info()
 
-    async def copy_file(job: Job, src: str, dst: str, bandwidth: int | None) -> int:
+    async def copy_file(job: Job, src: str, dst: str, bandwidth: int | None, durable: bool) -> int:
         cancel = threading.Event()
-        total = await trio.to_thread.run_sync(copymod.allocated_bytes, src)
-        job.progress(0, total, force=True)
         token = trio.lowlevel.current_trio_token()
         finished = trio.Event()
+        last = 0.0
 
-        def report(n: int) -> None:
-            token.run_sync_soon(job.progress, n)
+        def report(done: int, total: int) -> None:
+            # Each report wakes the event loop: a few dozen a second is what a progress
+            # bar (and job.get) can use, and what the copy can afford.
+            nonlocal last
+            now = time.monotonic()
+            if done in (0, total) or now - last >= COPY_REPORT_INTERVAL:
+                last = now
+                token.run_sync_soon(job.progress, done, total)
 
         def work() -> int:
             try:
                 return copymod.sparse_copy(
-                    src, dst, progress=report, cancel=cancel, bandwidth=bandwidth
+                    src, dst, progress=report, cancel=cancel, bandwidth=bandwidth, durable=durable
                 )
             finally:
                 token.run_sync_soon(finished.set)
@@ -374,6 +384,7 @@ def register(reg: Registry, daemon: Daemon) -> None:
         dest: str,
         pivot_to_copy: bool = False,
         bandwidth: int | None = None,
+        sync: bool = False,
         name: str | None = None,
         uuid: str | None = None,
     ) -> dict[str, Any]:
@@ -385,6 +396,14 @@ def register(reg: Registry, daemon: Daemon) -> None:
         agent); a running guest's plain file (not on ZFS) cannot be copied consistently
         and is refused. With *pivot_to_copy* the definition then names the copy (used
         from the next start). *bandwidth* limits the copy to that many MiB/s.
+
+        Durability: a file copy is durable (the file and its directory entry fsynced
+        before the job completes) with *sync*, and always with *pivot_to_copy*: the
+        guest will write to the copy and the source may be dropped, so the definition
+        never names a copy a crash could lose. A plain copy without *sync* is like
+        ``cp``: complete in the page cache, written back by the kernel. A zvol copy is
+        durable either way (``zfs receive`` ends with its transaction group on disk).
+        The result's ``durable`` says which it was.
         """
         if bandwidth is not None and bandwidth <= 0:
             raise InvalidValueError(
@@ -430,7 +449,12 @@ def register(reg: Registry, daemon: Daemon) -> None:
                         await zfs.destroy(snap)
                 if pivot_to_copy:
                     await pivot(g, index, dest)
-                return {"dest": dest, "bytes": moved, "consistent": frozen or not running}
+                return {
+                    "dest": dest,
+                    "bytes": moved,
+                    "consistent": frozen or not running,
+                    "durable": True,
+                }
 
             return start_job("copy", g, disk, zvol_body)
 
@@ -451,9 +475,12 @@ def register(reg: Registry, daemon: Daemon) -> None:
                 field="disk",
             )
 
+        # A copy the definition will name must survive a crash before it does.
+        durable = sync or pivot_to_copy
+
         async def file_body(job: Job) -> dict[str, Any]:
             if dataset is None:
-                moved = await copy_file(job, src.local_path, local_dest, rate)
+                moved = await copy_file(job, src.local_path, local_dest, rate, durable)
                 frozen = False
             else:
                 # Copy from a clone of a snapshot: the running guest keeps writing.
@@ -467,7 +494,9 @@ def register(reg: Registry, daemon: Daemon) -> None:
                         cmnt = (await zfs.get([clone], ["mountpoint"]))[clone]["mountpoint"]
                         assert mnt is not None
                         rel = os.path.relpath(src.local_path, mnt)
-                        moved = await copy_file(job, os.path.join(cmnt, rel), local_dest, rate)
+                        moved = await copy_file(
+                            job, os.path.join(cmnt, rel), local_dest, rate, durable
+                        )
                     finally:
                         with trio.CancelScope(shield=True):
                             await zfs.destroy(clone)
@@ -477,7 +506,12 @@ def register(reg: Registry, daemon: Daemon) -> None:
             job.progress(moved, force=True)
             if pivot_to_copy:
                 await pivot(g, index, dest)
-            return {"dest": dest, "bytes": moved, "consistent": frozen or not running}
+            return {
+                "dest": dest,
+                "bytes": moved,
+                "consistent": frozen or not running,
+                "durable": durable,
+            }
 
         return start_job("copy", g, disk, file_body)
 

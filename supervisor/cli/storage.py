@@ -137,6 +137,7 @@ def cmd_blockcopy(args: argparse.Namespace) -> int:
         dest=args.dest,
         pivot_to_copy=args.pivot,
         bandwidth=args.bandwidth,
+        sync=args.sync,
     )
 
 
@@ -263,6 +264,11 @@ def register(sub: Any) -> None:
     p.add_argument("dest", metavar="DEST", help="a new file, or /dev/zvol/POOL/NAME for a zvol")
     p.add_argument("--pivot", action="store_true", help="then make the definition use the copy")
     p.add_argument("--bandwidth", type=int, metavar="MIB", help="at most MIB MiB/s")
+    p.add_argument(
+        "--sync",
+        action="store_true",
+        help="a durable copy: on disk when the job completes (always so with --pivot)",
+    )
     waitflag(p)
     p = verb(sub, "blockpull", cmd_blockpull, "make a cloned zvol/dataset independent (a job)")
     guest_disk(p)

@@ -13,34 +13,53 @@ to the socket, without passing through the process; FreeBSD's sendfile does not 
 the disk (pages not yet in memory are sent when they arrive), so it can run on the event
 loop between ``wait_writable`` calls. Anything else (zvols and ``/dev/vmm/NAME`` are
 character devices, which sendfile does not read) is moved by one worker thread per
-stream: ``preadv`` into one reused buffer, ``write`` to the socket, ``poll`` when the
-socket is full; a hop to the event loop per chunk cost half the throughput. The thread
-checks a stop flag between writes and at least every :data:`STOP_POLL_MS`, so a daemon
-shutting down waits that long at most. The daemon's send buffer is enlarged for the
-stream: FreeBSD's default for a local stream socket is 8 KiB, a wakeup per 8 KiB.
+stream, ``write`` to the socket and ``poll`` when it is full; a hop to the event loop
+per chunk cost half the throughput. The thread checks a stop flag between writes and at
+least every :data:`STOP_POLL_MS`, so a daemon shutting down waits that long at most. The
+daemon's send buffer is enlarged for the stream: FreeBSD's default for a local stream
+socket is 8 KiB, a wakeup per 8 KiB.
+
+Where the thread's bytes come from: a caller may name *mappable* spans of the file,
+ranges that ``mmap(2)`` maps (guest RAM: the vmm device maps a system-memory segment at
+offset = guest-physical address, one mapping inside one segment, as libvmmapi does for
+bhyve). Those bytes are written to the socket straight from a read-only shared mapping,
+one copy instead of three (``preadv`` into a buffer, then the buffer into the socket).
+The mapping is made a window of at most :data:`MAP_WINDOW` at a time, so streaming a
+large guest never holds a mapping of all its memory. Outside the spans (the PCI hole,
+device memory), and for the rest of a stream once the kernel has refused a mapping
+(``ENODEV``, ``EINVAL``, ``EACCES``...), the thread reads with ``preadv`` as before.
+The mapped pages are only ever touched by the kernel inside ``write(2)``: if they go
+away under the stream, the write fails with an error instead of the process taking a
+SIGBUS. A mapping keeps the VM's memory object alive, so a VM destroyed mid-stream is
+noticed at the next window (the mapping is refused, the read fails with ENXIO) and the
+stream ends short there, at most a window later than a read-only stream would.
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
+import mmap
 import os
 import select
 import socket
 import stat
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Final
 
 import structlog
 import trio
 
-__all__ = ["CHUNK", "ReadInto", "send_range"]
+__all__ = ["CHUNK", "MAP_WINDOW", "ReadInto", "send_range"]
 
 LOGGER = structlog.stdlib.get_logger("bhyvesupd.rpc")
 
 #: Bytes per read on the daemon's side: large enough that a thread hop per chunk is noise.
 CHUNK: Final = 4 << 20
+
+#: The most bytes of a mappable span mapped at once by one stream.
+MAP_WINDOW: Final = 32 << 20
 
 #: The send buffer asked for a stream (the kernel may cap it: Linux at net.core.wmem_max,
 #: FreeBSD refuses more than kern.ipc.maxsockbuf, 2 MiB by default, and keeps its own).
@@ -93,44 +112,106 @@ async def _sendfile(
         progress[0] += n
 
 
+Span = tuple[int, int]
+"""``[start, end)`` of a file, in bytes."""
+
+
+class _Source:
+    """The bytes of *fd* a view at a time: from a mapping inside the *mappable* spans,
+    else read into one reused buffer.
+
+    Each view is valid until the next :meth:`view` or :meth:`close`. Used by one thread
+    at a time.
+    """
+
+    def __init__(self, fd: int, read_into: ReadInto, mappable: Sequence[Span]) -> None:
+        self._fd = fd
+        self._read_into = read_into
+        self._spans = sorted(mappable)
+        self._buf: memoryview | None = None
+        self._map: mmap.mmap | None = None
+        self._view: memoryview | None = None
+        #: Why mapping was given up (the kernel's refusal), None while it works.
+        self.refused: OSError | None = None
+
+    def view(self, pos: int, limit: int) -> memoryview:
+        """Up to *limit* (> 0) bytes at *pos*; empty where the file ends."""
+        self._unmap()
+        if self.refused is None:
+            for start, end in self._spans:
+                if start <= pos < end:
+                    try:
+                        return self._mapped(start, pos, min(limit, end - pos))
+                    except OSError as exc:
+                        self.refused = exc
+                    break
+                if pos < start:
+                    limit = min(limit, start - pos)  # read up to the span, map from there
+                    break
+        if self._buf is None:
+            self._buf = memoryview(bytearray(CHUNK))
+        n = self._read_into(self._fd, self._buf[: min(limit, CHUNK)], pos)
+        return self._buf[:n]
+
+    def _mapped(self, span_start: int, pos: int, limit: int) -> memoryview:
+        # The offset must be page-aligned; spans start on a page, so aligning down stays
+        # inside the span (a mapping may not cross one).
+        base = max(span_start, pos - pos % mmap.ALLOCATIONGRANULARITY)
+        length = min(pos + limit, base + MAP_WINDOW) - base
+        self._map = mmap.mmap(
+            self._fd, length, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ, offset=base
+        )
+        self._view = memoryview(self._map)[pos - base :]
+        return self._view
+
+    def _unmap(self) -> None:
+        if self._view is not None:
+            self._view.release()
+            self._view = None
+        if self._map is not None:
+            self._map.close()
+            self._map = None
+
+    def close(self) -> None:
+        """Drop the current mapping (the file descriptor stays the caller's)."""
+        self._unmap()
+
+
 def _pump(
-    sockfd: int,
-    fd: int,
-    offset: int,
-    size: int,
-    read_into: ReadInto,
-    stop: threading.Event,
-    progress: list[int],
+    sockfd: int, offset: int, size: int, source: _Source, stop: threading.Event, progress: list[int]
 ) -> None:
-    """Blocking: read and write until *size* bytes went out, the file ended or *stop*.
+    """Blocking: write until *size* bytes went out, the file ended or *stop*.
 
     *progress* holds the bytes sent so far (read by the caller after a failure).
     Raises whatever the read or the write raised.
     """
-    buf = memoryview(bytearray(min(CHUNK, size)))
     poller = select.poll()
     poller.register(sockfd, select.POLLOUT)
-    while progress[0] < size and not stop.is_set():
-        n = read_into(fd, buf[: min(CHUNK, size - progress[0])], offset + progress[0])
-        if n == 0:
-            return  # the file ended early
-        out = buf[:n]
-        while out and not stop.is_set():
-            try:
-                k = os.write(sockfd, out)
-            except BlockingIOError:
-                poller.poll(STOP_POLL_MS)
-                continue
-            out = out[k:]
-            progress[0] += k
+    out = memoryview(b"")
+    try:
+        while progress[0] < size and not stop.is_set():
+            out = source.view(offset + progress[0], size - progress[0])
+            if not out:
+                return  # the file ended early
+            while out and not stop.is_set():
+                try:
+                    k = os.write(sockfd, out)
+                except BlockingIOError:
+                    poller.poll(STOP_POLL_MS)
+                    continue
+                out = out[k:]
+                progress[0] += k
+            out.release()
+    finally:
+        out.release()  # a view into a mapping keeps it from being closed
+        source.close()
 
 
 async def _pump_in_thread(
     sock: trio.socket.SocketType,
-    fd: int,
     offset: int,
     size: int,
-    read_into: ReadInto,
+    source: _Source,
     progress: list[int],
 ) -> None:
     stop = threading.Event()
@@ -139,7 +220,7 @@ async def _pump_in_thread(
 
     def work() -> None:
         try:
-            _pump(sock.fileno(), fd, offset, size, read_into, stop, progress)
+            _pump(sock.fileno(), offset, size, source, stop, progress)
         finally:
             token.run_sync_soon(finished.set)
 
@@ -163,22 +244,27 @@ def _preadinto(fd: int, buf: memoryview, offset: int) -> int:
 
 async def _via_loop(
     stream: trio.abc.Stream,
-    fd: int,
     offset: int,
     size: int,
-    read_into: ReadInto,
+    source: _Source,
     progress: list[int],
 ) -> None:
     """Any other stream (no socket to write to from a thread): read in a worker thread,
-    send from the event loop, a chunk at a time."""
-    buf = memoryview(bytearray(min(CHUNK, size))) if size else memoryview(b"")
-    while progress[0] < size:
-        want = min(CHUNK, size - progress[0])
-        n = await trio.to_thread.run_sync(read_into, fd, buf[:want], offset + progress[0])
-        if n == 0:
-            return  # the file ended early
-        await stream.send_all(buf[:n])
-        progress[0] += n
+    send from the event loop, a view at a time."""
+    view = memoryview(b"")
+    try:
+        while progress[0] < size:
+            view = await trio.to_thread.run_sync(
+                source.view, offset + progress[0], size - progress[0]
+            )
+            if not view:
+                return  # the file ended early
+            await stream.send_all(view)
+            progress[0] += len(view)
+            view.release()
+    finally:
+        view.release()
+        source.close()
 
 
 async def send_range(
@@ -188,6 +274,7 @@ async def send_range(
     size: int,
     *,
     read: ReadInto | None = None,
+    mappable: Sequence[Span] = (),
     what: str = "",
 ) -> int:
     """Send *size* bytes of the open *fd* from *offset* on *stream*, then close both.
@@ -200,27 +287,31 @@ async def send_range(
         read: reads into a buffer (see :data:`ReadInto`); it may raise OSError, which
             ends the stream early (the client notices the short count). None: a plain
             ``preadv``, and ``sendfile(2)`` when *fd* is a regular file.
+        mappable: spans of *fd* that ``mmap(2)`` may map (page-aligned starts; a
+            mapping never crosses a span's end); their bytes are sent from a mapping,
+            the rest with *read*.
         what: names the source in the log.
 
     Returns:
         The bytes sent (less than *size* only when the source or the client failed).
     """
     read_into = read or _preadinto
+    source = _Source(fd, read_into, mappable)
     progress = [0]
     try:
         sock = _socket_of(stream)
         if sock is None:
-            await _via_loop(stream, fd, offset, size, read_into, progress)
+            await _via_loop(stream, offset, size, source, progress)
         else:
             with contextlib.suppress(OSError):
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER)
             done = False
-            if read is None and stat.S_ISREG(os.fstat(fd).st_mode):
+            if read is None and not mappable and stat.S_ISREG(os.fstat(fd).st_mode):
                 with contextlib.suppress(_Unsendable):
                     await _sendfile(sock, fd, offset, size, progress)
                     done = True
             if not done and size:
-                await _pump_in_thread(sock, fd, offset, size, read_into, progress)
+                await _pump_in_thread(sock, offset, size, source, progress)
         sent = progress[0]
         if sent < size:
             LOGGER.warning("bulk_stream_short", source=what, sent=sent, size=size)
@@ -235,6 +326,8 @@ async def send_range(
             type=type(exc).__name__,
         )
     finally:
+        if source.refused is not None:
+            LOGGER.info("bulk_stream_unmappable", source=what, reason=source.refused.strerror or "")
         os.close(fd)
         with trio.CancelScope(shield=True):
             try:

@@ -8,8 +8,13 @@ EFAULT. So the supervisor checks a request against the guest's memory map
 (``bhyvectl --get-memmap``) first and names the offending field, instead of letting
 the kernel answer EFAULT; :func:`check_range` is that check, without I/O.
 
+A streamed read maps guest RAM instead where it can: the device's ``mmap`` maps a
+system-memory segment at offset = guest-physical address when the mapping lies inside
+one ``sysmem`` range of the memory map (libvmmapi's ``vm_map_gpa()``);
+:func:`sysmem_spans` names those ranges. Holes and device memory are still read.
+
 The simulated host lays ``/dev/vmm/NAME`` out as a sparse file at guest-physical
-offsets, so the same ``pread`` reads it.
+offsets, so the same ``pread`` and ``mmap`` read it.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ __all__ = [
     "preadinto_memory",
     "ram_end",
     "read_memory",
+    "sysmem_spans",
 ]
 
 #: The most bytes one ``domain.memory_peek`` call returns (the CLI reads in chunks).
@@ -40,6 +46,15 @@ def ram_end(memmap: Sequence[MemMapEntry]) -> int:
     """The end of the highest guest RAM (``sysmem``) mapping: ``vmm_sysmem_maxaddr()``."""
     ends = [m.end for m in memmap if m.segment == "sysmem"]
     return max(ends, default=0)
+
+
+def sysmem_spans(memmap: Sequence[MemMapEntry]) -> tuple[tuple[int, int], ...]:
+    """``[gpa, end)`` of each guest RAM mapping, in address order: the ranges that
+    ``mmap(2)`` of the vmm device maps, one mapping inside one range.
+
+    Adjacent ranges are kept apart: the kernel looks up one memory segment per mapping.
+    """
+    return tuple(sorted((m.gpa, m.end) for m in memmap if m.segment == "sysmem"))
 
 
 def _covered(memmap: Sequence[MemMapEntry], limit: int, addr: int) -> int | None:

@@ -147,13 +147,39 @@ def _sparse(path: Path) -> bytes:
 
 def test_sparse_copy_keeps_holes(tmp_path: Path) -> None:
     data = _sparse(tmp_path / "a")
-    seen: list[int] = []
-    n = copymod.sparse_copy(str(tmp_path / "a"), str(tmp_path / "b"), progress=seen.append)
+    seen: list[tuple[int, int]] = []
+    n = copymod.sparse_copy(
+        str(tmp_path / "a"), str(tmp_path / "b"), progress=lambda d, t: seen.append((d, t))
+    )
     assert (tmp_path / "b").read_bytes() == data
     assert os.stat(tmp_path / "b").st_blocks * 512 <= 3 << 20
-    assert n == seen[-1] <= 3 << 20
+    total = copymod.allocated_bytes(str(tmp_path / "a"))
+    assert seen[0] == (0, total)
+    assert seen[-1] == (n, total)
+    assert n <= 3 << 20
     with pytest.raises(FileExistsError):
         copymod.sparse_copy(str(tmp_path / "a"), str(tmp_path / "b"))
+
+
+@pytest.mark.parametrize("chunk", [copymod.CHUNK, 64 << 10, 4096])
+def test_sparse_copy_leaves_zero_chunks_inside_data_as_holes(tmp_path: Path, chunk: int) -> None:
+    # Zeros written as data (whole chunks, and a short chunk at the end of a region):
+    # cp --sparse=always makes them holes, and so does the copy.
+    with open(tmp_path / "a", "wb") as f:
+        f.write(os.urandom(5000))
+        f.write(bytes(4 << 20))
+        f.write(b"z")
+        f.write(bytes(chunk + 100))
+        f.seek(16 << 20)
+        f.write(bytes(chunk // 2))  # a region of zeros shorter than a chunk
+        f.truncate(24 << 20)
+    data = (tmp_path / "a").read_bytes()
+    src_blocks = os.stat(tmp_path / "a").st_blocks
+    copymod.sparse_copy(str(tmp_path / "a"), str(tmp_path / "b"), chunk=chunk)
+    assert (tmp_path / "b").read_bytes() == data
+    blocks = os.stat(tmp_path / "b").st_blocks * 512
+    assert blocks <= src_blocks * 512 - (4 << 20) + 2 * chunk
+    assert blocks <= 2 * chunk + 16384  # the two chunks that hold data, give or take a block
 
 
 def test_sparse_copy_cancel_removes_the_partial_copy(tmp_path: Path) -> None:
@@ -163,11 +189,57 @@ def test_sparse_copy_cancel_removes_the_partial_copy(tmp_path: Path) -> None:
         copymod.sparse_copy(
             str(tmp_path / "a"),
             str(tmp_path / "b"),
-            progress=lambda n: cancel.set(),
+            progress=lambda done, total: done > 0 and cancel.set(),  # after the first write
             cancel=cancel,
             chunk=4096,
         )
     assert not (tmp_path / "b").exists()
+
+
+class _Fsyncs:
+    """Records the (device, inode) of every descriptor fsynced, then fsyncs it."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.seen: list[tuple[int, int]] = []
+        real = os.fsync
+
+        def fsync(fd: int) -> None:
+            st = os.fstat(fd)
+            self.seen.append((st.st_dev, st.st_ino))
+            real(fd)
+
+        monkeypatch.setattr(os, "fsync", fsync)
+
+    def of(self, path: Path) -> int:
+        st = os.stat(path)
+        return self.seen.count((st.st_dev, st.st_ino))
+
+
+@pytest.mark.parametrize("durable", [False, True])
+def test_sparse_copy_fsyncs_the_file_and_its_directory_only_when_durable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, durable: bool
+) -> None:
+    data = _sparse(tmp_path / "a")
+    (tmp_path / "d").mkdir()
+    fsyncs = _Fsyncs(monkeypatch)
+    copymod.sparse_copy(str(tmp_path / "a"), str(tmp_path / "d/b"), durable=durable)
+    assert (tmp_path / "d/b").read_bytes() == data
+    assert fsyncs.of(tmp_path / "d/b") == int(durable)
+    assert fsyncs.of(tmp_path / "d") == int(durable)
+    assert len(fsyncs.seen) == 2 * int(durable)
+
+
+def test_a_cancelled_durable_copy_leaves_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _sparse(tmp_path / "a")
+    fsyncs = _Fsyncs(monkeypatch)
+    cancel = threading.Event()
+    cancel.set()
+    with pytest.raises(copymod.Cancelled):
+        copymod.sparse_copy(str(tmp_path / "a"), str(tmp_path / "b"), cancel=cancel, durable=True)
+    assert not (tmp_path / "b").exists()
+    assert fsyncs.seen == []
 
 
 def test_sparse_copy_bandwidth_paces(tmp_path: Path) -> None:

@@ -133,3 +133,16 @@ def test_check_range_agrees_with_the_kernel_byte_by_byte(
     else:
         with pytest.raises(OutOfRangeError):
             check_range(memmap, start, size)
+
+
+def test_sysmem_spans_are_the_ram_mappings_kept_apart() -> None:
+    assert guestmem.sysmem_spans(SMALL) == ((0, 2 * GiB),)
+    # The ROM is device memory (mmap refuses it) and the hole is no mapping at all.
+    assert guestmem.sysmem_spans(LARGE) == ((0, 3 * GiB), (4 * GiB, 9 * GiB))
+    # Two segments that touch stay two: one mapping may not cross from one to the other.
+    touching = [
+        bhyvectl.MemMapEntry(gpa=GiB, length=GiB, segment="sysmem", offset=0, prot="RWX"),
+        bhyvectl.MemMapEntry(gpa=0, length=GiB, segment="sysmem", offset=0, prot="RWX"),
+    ]
+    assert guestmem.sysmem_spans(touching) == ((0, GiB), (GiB, 2 * GiB))
+    assert guestmem.sysmem_spans([]) == ()
