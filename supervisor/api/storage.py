@@ -44,7 +44,6 @@ from supervisor.storage.disks import (
 from supervisor.storage.ninep import NinePCheck
 from supervisor.storage.zfs import ZfsCli, load_lzc
 from supervisor.vmm.argv import build_commands
-from supervisor.vmm.bhyveopts import parse_bhyve_argv
 
 if TYPE_CHECKING:
     from supervisor.daemon import Daemon, Guest
@@ -226,6 +225,8 @@ def register(reg: Registry, daemon: Daemon) -> None:
             raise InvalidStateError(f"guest {g.domain.name} is not running")
         plan = g.actor.last_plan
         argv = plan.bhyve if plan is not None else build_commands(g.domain, daemon.caps).bhyve
+        from supervisor.vmm.bhyveopts import parse_bhyve_argv  # sizeable; rarely needed
+
         prefix = statsmod.thread_prefix(parse_bhyve_argv(list(argv)), d)
         if prefix is None:
             raise UnsupportedError(f"disk: {disk} has no bhyve block worker", field="disk")

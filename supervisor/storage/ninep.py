@@ -13,7 +13,6 @@ import os
 from supervisor.actors.guest import LaunchPlan
 from supervisor.errors import InvalidValueError
 from supervisor.host import Host
-from supervisor.vmm.bhyveopts import parse_bhyve_argv
 
 
 class NinePCheck:
@@ -25,6 +24,10 @@ class NinePCheck:
     async def before_launch(self, name: str, plan: LaunchPlan) -> None:
         if plan.domain is None or not plan.domain.filesystems:
             return
+        # Only guests with shares need the argv parser: the daemon does not load it
+        # for the others.
+        from supervisor.vmm.bhyveopts import parse_bhyve_argv
+
         shares = {
             dev.options.get("sharename"): dev.options
             for dev in parse_bhyve_argv(list(plan.bhyve)).pci_devices()

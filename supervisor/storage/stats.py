@@ -25,13 +25,16 @@ from __future__ import annotations
 import os
 import re
 import sys
+from typing import TYPE_CHECKING
 
 import trio
 
 from supervisor.domain.model import Disk
 from supervisor.host import Host
-from supervisor.vmm.bhyveopts import BhyveCommand
 from supervisor.vmm.hostexec import run_tool
+
+if TYPE_CHECKING:
+    from supervisor.vmm.bhyveopts import BhyveCommand
 
 #: How the FreeBSD rusage lines map to libvirt's field names.
 _RUSAGE_FIELDS = {"block reads": "rd_req", "block writes": "wr_req"}
