@@ -32,6 +32,7 @@ never disturbs another.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
@@ -542,7 +543,7 @@ class GuestActor:
                     "guest_action_failed", action=type(action).__name__, error=str(exc)
                 )
                 if isinstance(action, lc.Launch):
-                    self._apply(lc.LaunchFailed(reason=str(exc)))
+                    self._apply(lc.LaunchFailed(reason=str(exc), host_fault=_is_host_fault(exc)))
 
     async def _perform(self, action: lc.Action) -> None:
         match action:
@@ -595,8 +596,16 @@ class GuestActor:
             self._apply(lc.LaunchFailed(reason="cancelled"))
             return
         started = time.monotonic()
-        self._write_pid(pid)
         assert self._nursery is not None
+        try:
+            self._write_pid(pid)
+        except OSError:
+            # A bhyve whose pid file could not be written is not left running half set
+            # up: the next daemon could not adopt it, and would take its VM for a
+            # leftover. It goes before it has done anything; the launch is retried.
+            _kill_quietly(pid)
+            self._nursery.start_soon(children.wait_child, pid)
+            raise
         self._nursery.start_soon(self._watch, pid, started)
         if self.console is not None:
             self._boot_mark = self._ready_scanned = self.console.total
@@ -748,6 +757,23 @@ class GuestActor:
 
 _RESUMABLE = frozenset({lc.State.STOPPING, lc.State.REBOOTING})
 
+#: OS errors that say the host cannot launch anything just now, whatever the guest.
+_HOST_ERRNOS = frozenset(
+    {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EMFILE, errno.ENFILE, errno.ENOMEM}
+    | {errno.EAGAIN}  # fork: the process table or the user's process limit is full
+)
+
+
+def _is_host_fault(exc: BaseException) -> bool:
+    """Whether a launch failed because of the host's condition (see
+    :attr:`~supervisor.actors.lifecycle.LaunchFailed.host_fault`)."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.errno in _HOST_ERRNOS:
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
 
 def _is_bhyve_of(title: str | None, name: str) -> bool:
     # "bhyve: web1" (the simulated host), "bhyve: web1 (bhyve)" (FreeBSD's ps -o args);
@@ -778,8 +804,19 @@ def _runtime(saved: dict[str, Any]) -> float:
 
 
 def _log_header(fd: int, argv: tuple[str, ...]) -> None:
-    # One line per program run, so NAME.bhyve.log tells which run printed what.
-    os.write(fd, f"--- {time.strftime('%Y-%m-%dT%H:%M:%S')} {' '.join(argv)}\n".encode())
+    # One line per program run, so NAME.bhyve.log tells which run printed what. A full
+    # log filesystem costs the line, never the guest's start.
+    try:
+        os.write(fd, f"--- {time.strftime('%Y-%m-%dT%H:%M:%S')} {' '.join(argv)}\n".encode())
+    except OSError as exc:
+        log.warning("bhyve_log_write_failed", error=exc.strerror)
+
+
+def _kill_quietly(pid: int) -> None:
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
 
 
 def _loader_status(status: lc.ExitStatus) -> str:

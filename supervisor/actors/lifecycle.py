@@ -81,6 +81,10 @@ _ACTIVE = frozenset({State.STARTING, State.RUNNING, State.STOPPING, State.REBOOT
 # --------------------------------------------------------------------------------------
 # Exit status
 
+#: The first wait before a launch the host failed is tried again (seconds); it doubles
+#: up to the policy's ``restart_backoff_max``.
+HOST_FAULT_RETRY = 1.0
+
 EXIT_MEANINGS = {
     0: "reboot",
     1: "poweroff",
@@ -231,10 +235,19 @@ class Launched:
 
 @attrs.frozen
 class LaunchFailed:
-    """The loader failed or bhyve could not be spawned."""
+    """The loader failed or bhyve could not be spawned.
+
+    Args:
+        reason: what went wrong, for the status display.
+        status: how the loader ended, when it ran and failed.
+        host_fault: the host could not launch anything just now (no space for the
+            guest's runtime files or logs, no descriptors, no memory to fork): no fault
+            of the guest's, so it is not counted as a crash.
+    """
 
     reason: str
     status: ExitStatus | None = None
+    host_fault: bool = False
 
 
 @attrs.frozen
@@ -410,6 +423,8 @@ class Lifecycle:
     pid: int | None = None
     started_at: float | None = None
     crashes: deque[float] = attrs.field(factory=deque)
+    #: Launches in a row that the host failed (see :attr:`LaunchFailed.host_fault`).
+    host_faults: int = 0
     backoff_until: float | None = None
     #: Whether the previous bhyve ended without its vCPUs suspended (signal death), so
     #: the VM must be destroyed before the next launch.
@@ -438,6 +453,26 @@ class Lifecycle:
     def set_policy(self, policy: Policy) -> None:
         """Adopt a new policy (a redefinition); takes effect at the next decision."""
         self.policy = policy
+
+    def _host_fault(self, reason: str, now: float) -> list[Action]:
+        # Not the guest's doing: it is retried, with a growing delay, until the host
+        # recovers (space freed), whatever the crash policy, and it never uses up the
+        # crash limit. A client stops the retries with shutdown or destroy.
+        self.intent = Intent.NONE
+        self.host_faults += 1
+        floor = max(HOST_FAULT_RETRY, self.policy.restart_backoff)
+        delay = min(
+            floor * 2 ** (self.host_faults - 1),
+            max(floor, self.policy.restart_backoff_max),
+        )
+        self.backoff_until = now + delay
+        self._to(State.BACKOFF, f"{reason}; the host's fault, retrying in {delay:g} s")
+        return [
+            CancelTimer(Timer.STOP),
+            CancelTimer(Timer.KILL),
+            Cleanup(),
+            ArmTimer(Timer.BACKOFF, delay),
+        ]
 
     def recent_crashes(self, now: float) -> int:
         self._forget_old_crashes(now)
@@ -525,12 +560,14 @@ def _clear(m: Lifecycle, _e: Clear, _now: float) -> list[Action]:
 def _stop_idle(m: Lifecycle, _e: Shutdown | Destroy, _now: float) -> list[Action]:
     # Stopping a guest that is waiting to restart just calls the restart off.
     m.backoff_until = None
+    m.host_faults = 0
     m._to(State.SHUTOFF, "stop requested while waiting to restart")
     return [CancelTimer(Timer.BACKOFF)]
 
 
 def _launched(m: Lifecycle, e: Launched, now: float) -> list[Action]:
     m.pid = e.pid
+    m.host_faults = 0
     m.started_at = now
     m.boot_count += 1
     was = m.state
@@ -565,6 +602,8 @@ def _launch_failed(m: Lifecycle, e: LaunchFailed, now: float) -> list[Action]:
     m.vm_dirty = True
     if m.intent is Intent.STOP:
         return m._stopped(f"launch abandoned: {e.reason}")
+    if e.host_fault:
+        return m._host_fault(f"launch failed: {e.reason}", now)
     return m._crashed(f"launch failed: {e.reason}", now)
 
 
@@ -624,6 +663,9 @@ def _backoff_over(m: Lifecycle, e: TimerFired, _now: float) -> list[Action]:
     if e.timer is not Timer.BACKOFF:
         return []
     m.backoff_until = None
+    if m.host_faults:
+        m._to(State.STARTING, "retrying the launch")
+        return m._launch("retry after a host fault")
     m._to(State.STARTING, "restarting after a crash")
     return m._launch("restart after crash")
 

@@ -385,3 +385,59 @@ def test_adoption_during_a_reboot_brings_the_guest_back_whatever_its_exit() -> N
     assert m.state is State.REBOOTING
     actions = m.handle(Exited(CODE(code=1), runtime=10.0), 101.0)
     assert any(isinstance(a, Launch) for a in actions)
+
+
+# -- launches the host failed ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("on_crash", [OnCrash.DESTROY, OnCrash.RESTART, OnCrash.PRESERVE])
+def test_a_host_fault_is_retried_and_never_counted_as_a_crash(on_crash: OnCrash) -> None:
+    policy = Policy(on_crash=on_crash, crash_limit=2, restart_backoff=0.0, restart_backoff_max=8.0)
+    m = Lifecycle(policy=policy)
+    m.handle(Start(), 0.0)
+    delays = []
+    for i in range(6):
+        actions = m.handle(LaunchFailed(reason="No space left on device", host_fault=True), i)
+        assert m.state is State.BACKOFF
+        assert "the host's fault" in m.reason
+        (arm,) = (a for a in actions if isinstance(a, ArmTimer))
+        delays.append(arm.delay)
+        assert Cleanup() in actions
+        assert m.recent_crashes(i) == 0
+        launch = m.handle(TimerFired(Timer.BACKOFF), i + 0.5)
+        assert m.state is State.STARTING
+        assert m.reason == "retrying the launch"
+        assert any(isinstance(a, Launch) for a in launch)
+    # Doubling from a floor of one second, capped by restart_backoff_max.
+    assert delays == [1.0, 2.0, 4.0, 8.0, 8.0, 8.0]
+    m.handle(Launched(pid=7), 10.0)
+    assert (m.state, m.host_faults) == (State.RUNNING, 0)
+
+
+def test_a_guest_fault_still_counts() -> None:
+    m = Lifecycle(policy=Policy(on_crash=OnCrash.RESTART, crash_limit=2, restart_backoff=0.0))
+    m.handle(Start(), 0.0)
+    m.handle(LaunchFailed(reason="bhyveload exited 1", status=CODE(code=1)), 0.1)
+    assert m.state is State.BACKOFF
+    assert m.recent_crashes(0.1) == 1
+    m.handle(TimerFired(Timer.BACKOFF), 0.2)
+    m.handle(LaunchFailed(reason="bhyveload exited 1", status=CODE(code=1)), 0.3)
+    assert m.state is State.FATAL
+
+
+def test_stopping_a_guest_that_waits_after_a_host_fault_calls_the_retry_off() -> None:
+    m = Lifecycle()
+    m.handle(Start(), 0.0)
+    m.handle(LaunchFailed(reason="No space left on device", host_fault=True), 0.1)
+    actions = m.handle(Destroy(), 0.2)
+    assert m.state is State.SHUTOFF
+    assert CancelTimer(Timer.BACKOFF) in actions
+    assert m.host_faults == 0
+
+
+def test_a_stop_during_a_launch_the_host_failed_is_a_stop() -> None:
+    m = Lifecycle()
+    m.handle(Start(), 0.0)
+    m.handle(Shutdown(), 0.1)
+    m.handle(LaunchFailed(reason="No space left on device", host_fault=True), 0.2)
+    assert m.state is State.SHUTOFF
