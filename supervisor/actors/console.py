@@ -7,8 +7,9 @@ of a guest that crashed at 3 a.m. Everything read goes to
 
 * a ring buffer of the last ``ring_size`` bytes, for ``console.tail``;
 * ``NAME.console.log``, rotated by size;
-* every attached reader (bounded queues: a reader that falls behind loses bytes, never
-  the guest or the other readers).
+* every attached reader, through a :class:`ReaderQueue` of its own: a byte budget, so a
+  reader that falls behind loses bytes (and is told how many), never holds up the guest
+  or the other readers.
 
 Many readers, one writer: the writer is whoever attached last in read-write mode
 (explicit takeover); a displaced writer is told so and keeps reading.
@@ -18,6 +19,8 @@ from __future__ import annotations
 
 import errno
 import os
+from collections import deque
+from typing import Final
 
 import attrs
 import trio
@@ -28,8 +31,15 @@ from supervisor.vmm.platform.consolepair import ensure_pair, open_console
 
 log = get_logger("bhyvesupd.console")
 
-#: Bytes queued per attached reader before it starts losing output.
-READER_QUEUE = 256
+#: Bytes of output queued per attached reader before it starts losing the oldest. A
+#: budget in bytes, not messages: a guest's console write can be one byte or a 256 KiB
+#: gather. A reader that keeps up on average rides out a flood's bursts of this size.
+READER_QUEUE: Final = 4 << 20
+#: Output is appended to the queue's last piece while that piece is smaller than this, so
+#: a trickle of one-byte writes costs bytes, not one queue entry (and object) each.
+MERGE_BELOW: Final = 64 * 1024
+#: The most a reader takes from its queue at once: it sends this much per wakeup.
+READER_PIECE: Final = 1 << 20
 READ_CHUNK = 65536
 #: A tty read returns at most one line-discipline buffer (about 4 KiB); while more is
 #: waiting, reads are gathered up to this many bytes before the ring, the log and the
@@ -41,15 +51,168 @@ class ConsoleTakenOver(Exception):
     """Another client took the console over for writing."""
 
 
+def loss_notice(nbytes: int) -> bytes:
+    """What a reader sees where it lost *nbytes* bytes of output."""
+    return f"\r\n[console: {nbytes} bytes lost]\r\n".encode()
+
+
+TAKEOVER_NOTICE: Final = b"\r\n[console: taken over by another client]\r\n"
+
+
+@attrs.define(eq=False)
+class ReaderQueue:
+    """Console output waiting for one reader, at most *limit* bytes of it.
+
+    Output is queued in pieces (``bytearray``, merged while small); a notice from the
+    supervisor to the reader is queued as ``bytes`` between them, in stream order, and is
+    neither counted against the budget nor ever dropped.
+
+    Past the budget the *oldest* output goes: a reader that fell behind most needs what
+    the guest prints now (the prompt it will type at, the panic that ended a flood), and
+    once the burst is over its screen ends where the guest's console does. What it missed
+    is still in the ring (``console.tail``) and the console log. The reader is told the
+    exact count: its next piece begins with :func:`loss_notice`.
+
+    Args:
+        limit: bytes of output queued at most.
+    """
+
+    limit: int = READER_QUEUE
+    #: Bytes of output queued now.
+    size: int = 0
+    #: Bytes dropped since the reader last took a piece (the next notice's count).
+    lost: int = 0
+    #: Bytes dropped over the queue's life.
+    lost_total: int = 0
+    closed: bool = False
+    _parts: deque[bytearray | bytes] = attrs.field(factory=deque, repr=False)
+    _waiting: trio.lowlevel.ParkingLot = attrs.field(factory=trio.lowlevel.ParkingLot, repr=False)
+
+    @property
+    def pieces(self) -> int:
+        """Entries the queued output and notices take: what merging keeps few."""
+        return len(self._parts)
+
+    def put(self, data: bytes) -> None:
+        """Queue *data*, dropping the oldest output past the budget.
+
+        Raises:
+            trio.ClosedResourceError: the queue was closed.
+        """
+        if self.closed:
+            raise trio.ClosedResourceError("the reader has detached")
+        if not data:
+            return
+        if len(data) > self.limit:
+            # Only its end fits; everything queued before it goes too, just below.
+            excess = len(data) - self.limit
+            self.lost += excess
+            self.lost_total += excess
+            data = data[excess:]
+        tail = self._parts[-1] if self._parts else None
+        if isinstance(tail, bytearray) and len(tail) < MERGE_BELOW:
+            tail += data
+        else:
+            self._parts.append(bytearray(data))
+        self.size += len(data)
+        if self.size > self.limit:
+            self._drop(self.size - self.limit)
+        self._waiting.unpark_all()
+
+    def notice(self, text: bytes) -> None:
+        """Queue a message from the supervisor after the output queued so far."""
+        if self.closed:
+            return
+        self._parts.append(bytes(text))
+        self._waiting.unpark_all()
+
+    def close(self) -> None:
+        """No more output: the reader gets what is queued, then the end."""
+        self.closed = True
+        self._waiting.unpark_all()
+
+    def receive_nowait(self, max_bytes: int = READER_PIECE) -> bytearray:
+        """The queued output, up to *max_bytes* of it, and any notices on the way.
+
+        Raises:
+            trio.WouldBlock: nothing is queued.
+            trio.EndOfChannel: nothing is queued and the queue was closed.
+        """
+        if not self._parts and not self.lost:
+            raise trio.EndOfChannel if self.closed else trio.WouldBlock
+        if not self.lost and len(self._parts) == 1:
+            only = self._parts[0]
+            if isinstance(only, bytearray) and len(only) <= max_bytes:
+                # The usual case, and a flood's: hand the piece over as it is, no copy.
+                self._parts.popleft()
+                self.size = 0
+                return only
+        out = bytearray()
+        if self.lost:
+            out += loss_notice(self.lost)
+            self.lost = 0
+        while self._parts and len(out) < max_bytes:
+            part = self._parts[0]
+            if isinstance(part, bytearray):
+                take = max_bytes - len(out)
+                if len(part) > take:
+                    out += part[:take]
+                    del part[:take]
+                    self.size -= take
+                    break
+                self.size -= len(part)
+            out += part
+            self._parts.popleft()
+        return out
+
+    async def receive(self, max_bytes: int = READER_PIECE) -> bytearray:
+        """Wait for output and take up to *max_bytes* of it (see :meth:`receive_nowait`).
+
+        Raises:
+            trio.EndOfChannel: the queue was closed and everything in it taken.
+        """
+        await trio.lowlevel.checkpoint_if_cancelled()
+        while not self._parts and not self.lost and not self.closed:
+            await self._waiting.park()
+        piece = self.receive_nowait(max_bytes)
+        await trio.lowlevel.cancel_shielded_checkpoint()
+        return piece
+
+    def __aiter__(self) -> ReaderQueue:
+        return self
+
+    async def __anext__(self) -> bytearray:
+        try:
+            return await self.receive()
+        except trio.EndOfChannel:
+            raise StopAsyncIteration from None
+
+    def _drop(self, nbytes: int) -> None:
+        self.lost += nbytes
+        self.lost_total += nbytes
+        i = 0
+        while nbytes > 0 and i < len(self._parts):
+            part = self._parts[i]
+            if not isinstance(part, bytearray):
+                i += 1  # a notice stays
+                continue
+            if len(part) <= nbytes:
+                nbytes -= len(part)
+                self.size -= len(part)
+                del self._parts[i]
+            else:
+                del part[:nbytes]  # bytearray drops its head without moving the rest
+                self.size -= nbytes
+                nbytes = 0
+
+
 @attrs.define(eq=False)
 class Attachment:
-    """One client attached to the console."""
+    """One client attached to the console, and the output waiting for it."""
 
     id: int
-    send: trio.MemorySendChannel[bytes]
-    receive: trio.MemoryReceiveChannel[bytes]
     writer: bool
-    lost: int = 0
+    output: ReaderQueue = attrs.field(factory=ReaderQueue)
 
 
 @attrs.define(eq=False)
@@ -177,13 +340,8 @@ class Console:
             log.warning("console_log_write_failed", path=self.log.path, error=exc.strerror)
         for att in list(self._attachments.values()):
             try:
-                if att.lost:
-                    att.send.send_nowait(f"\r\n[console: {att.lost} bytes lost]\r\n".encode())
-                    att.lost = 0
-                att.send.send_nowait(data)
-            except trio.WouldBlock:
-                att.lost += len(data)
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                att.output.put(data)
+            except trio.ClosedResourceError:
                 self._attachments.pop(att.id, None)
 
     def tail(self, nbytes: int | None = None) -> bytes:
@@ -194,23 +352,19 @@ class Console:
 
     def attach(self, *, writer: bool) -> Attachment:
         """Attach a client; a writer takes writing over from any previous one."""
-        send, receive = trio.open_memory_channel[bytes](READER_QUEUE)
-        att = Attachment(self._next_id, send, receive, writer)
+        att = Attachment(self._next_id, writer)
         self._next_id += 1
         if writer:
             for other in self._attachments.values():
                 if other.writer:
                     other.writer = False
-                    try:
-                        other.send.send_nowait(b"\r\n[console: taken over by another client]\r\n")
-                    except (trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
-                        pass
+                    other.output.notice(TAKEOVER_NOTICE)
         self._attachments[att.id] = att
         return att
 
     def detach(self, att: Attachment) -> None:
         self._attachments.pop(att.id, None)
-        att.send.close()
+        att.output.close()
 
     @property
     def attachments(self) -> int:

@@ -263,8 +263,9 @@ def register(reg: Registry, daemon: Daemon) -> None:
 
         async def pump(stream: trio.abc.Stream) -> None:
             async def to_client() -> None:
-                async for chunk in att.receive:
-                    await stream.send_all(chunk)
+                # Everything queued since the last send goes at once (up to a piece).
+                async for piece in att.output:
+                    await stream.send_all(piece)
 
             async def from_client() -> None:
                 while True:
