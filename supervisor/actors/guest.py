@@ -377,6 +377,13 @@ class GuestActor:
                 self._apply(lc.Exited(lc.ExitStatus(info.code, info.signal), _runtime(saved)))
                 return "exited"
             self._log.warning("bhyve_gone_without_status", pid=pid)
+        if pid is None and not saved and not self._vm_exists():
+            # No pid file, no status file, no VM: the guest has not run on this host
+            # since /var/run was emptied, so nothing of it is left to clean (taps of a
+            # launch that died half-way are swept when the daemon starts). Building its
+            # plan and asking every hook just in case was a measurable part of starting
+            # 500 guests.
+            return "none"
         return "cleaned" if await self._clean_leftovers(saved) else "none"
 
     async def _take_over(self, pid: int, saved: dict[str, Any]) -> None:
