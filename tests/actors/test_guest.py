@@ -1,0 +1,100 @@
+"""The guest actor's mailbox and work queue (no bhyve needed)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import trio
+import trio.testing
+
+from supervisor.actors import lifecycle as lc
+from supervisor.actors.guest import GuestActor, GuestPaths, LaunchPlan, _Queue
+from supervisor.errors import GuestBusyError, InvalidStateError
+from supervisor.events import EventBus
+from supervisor.host import Host
+
+
+async def test_queue_hands_items_over_in_order_and_ends_when_closed() -> None:
+    q: _Queue[int] = _Queue()
+    got: list[int | None] = []
+
+    async def consumer() -> None:
+        while (item := await q.get()) is not None:
+            got.append(item)
+        got.append(None)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(consumer)
+        await trio.testing.wait_all_tasks_blocked()
+        for i in range(3):
+            assert q.put(i)
+        await trio.testing.wait_all_tasks_blocked()
+        assert q.put(3)
+        q.close()
+        assert not q.put(4)  # closed: refused, never queued
+    assert got == [0, 1, 2, 3, None]
+
+
+async def test_queue_refuses_beyond_its_limit() -> None:
+    q: _Queue[str] = _Queue(limit=2)
+    assert q.put("a")
+    assert q.put("b")
+    assert not q.put("c")
+    assert await q.get() == "a"
+    assert q.put("c")
+    assert [await q.get(), await q.get()] == ["b", "c"]
+
+
+async def test_a_cancelled_get_leaves_the_queue_usable() -> None:
+    q: _Queue[int] = _Queue()
+    with trio.move_on_after(0.01):
+        await q.get()
+    assert q.put(7)
+    assert await q.get() == 7
+
+
+def _actor(tmp_path: Path, mailbox_size: int) -> GuestActor:
+    def no_plan() -> LaunchPlan:
+        raise AssertionError("nothing is launched here")
+
+    return GuestActor(
+        "web1",
+        plan_factory=no_plan,
+        policy=lc.Policy(),
+        host=Host(root=str(tmp_path)),
+        paths=GuestPaths("/var/run/bhyvesupd", "/var/log/bhyvesupd"),
+        bus=EventBus(),
+        console_path=None,
+        mailbox_size=mailbox_size,
+        env={},
+    )
+
+
+async def test_a_full_mailbox_makes_the_caller_busy_at_once(tmp_path: Path) -> None:
+    actor = _actor(tmp_path, mailbox_size=2)  # its task is not running: nothing is taken
+    async with trio.open_nursery() as nursery:
+        for _ in range(2):
+            nursery.start_soon(actor.request, lc.Clear())
+        await trio.testing.wait_all_tasks_blocked()
+        with trio.fail_after(1), pytest.raises(GuestBusyError, match="web1 is busy"):
+            await actor.request(lc.Clear())
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_closed_mailbox_says_the_guest_is_being_removed(tmp_path: Path) -> None:
+    actor = _actor(tmp_path, mailbox_size=2)
+    actor.close()
+    with pytest.raises(InvalidStateError, match="being removed"):
+        await actor.request(lc.Start())
+
+
+async def test_requests_are_answered_in_order_by_the_running_actor(tmp_path: Path) -> None:
+    actor = _actor(tmp_path, mailbox_size=4)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(actor.run)
+        with pytest.raises(InvalidStateError, match="cannot reboot a guest that is shutoff"):
+            await actor.request(lc.Reboot())
+        await actor.request(lc.Clear())
+        assert actor.state is lc.State.SHUTOFF
+        actor.close()
