@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import os
 import socket
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -165,3 +166,61 @@ def test_a_client_leaving_mid_stream_does_not_hurt_the_daemon(
     log = (tmp_path / "daemon.out").read_text()
     assert "Traceback" not in log
     assert "error" not in log.lower()
+
+
+def test_peek_into_the_clients_own_file(web: Sim, tmp_path: Path) -> None:
+    out = tmp_path / "out.bin"
+    with open(out, "wb") as f, web.client() as c:
+        reply = c.call_to_fd("domain.memory_peek", f.fileno(), name="web", start=0, size=40 * MB)
+    assert reply == {"start": 0, "size": 40 * MB, "stream": True, "to_fd": True, "written": 40 * MB}
+    with open(web.vmm("web"), "rb") as f:
+        assert out.read_bytes() == f.read(40 * MB)
+    image = (web.root / "var/vm/web/disk0.img").read_bytes()
+    with open(out, "wb") as f, web.client() as c:
+        c.call_to_fd(
+            "domain.block_peek", f.fileno(), name="web", disk="vda", offset=MB - 7, size=10 * MB
+        )
+    assert out.read_bytes() == image[MB - 7 : 11 * MB - 7]
+
+
+def test_peek_into_a_pipe(web: Sim) -> None:
+    r, w = os.pipe()
+    got = bytearray()
+
+    def drain() -> None:
+        while chunk := os.read(r, 1 << 20):
+            got.extend(chunk)
+
+    reader = threading.Thread(target=drain)
+    reader.start()
+    try:
+        with web.client() as c:
+            c.call_to_fd("domain.memory_peek", w, name="web", start=SIGNATURE_GPA, size=3 * MB)
+    finally:
+        os.close(w)
+        reader.join()
+        os.close(r)
+    assert len(got) == 3 * MB
+    assert got.startswith(b"BHYVESIM:web:1")
+
+
+def test_to_fd_without_a_descriptor_is_answered_not_hung(web: Sim) -> None:
+    with web.client() as c:
+        reply = c.call("domain.memory_peek", name="web", start=0, size=MB, to_fd=True)
+        assert reply["to_fd"] is True
+        sock, rest = c.raw_socket()
+    with sock:
+        assert rest == b""
+        sock.sendall(b"F")  # a byte, but no SCM_RIGHTS
+        answer = sock.makefile("rb").readline()
+    assert b'"written": 0' in answer
+    assert b"no descriptor received" in answer
+
+
+def test_to_fd_refusals_are_ordinary_errors(web: Sim, tmp_path: Path) -> None:
+    with open(tmp_path / "x", "wb") as f, web.client() as c:
+        with pytest.raises(OutOfRangeError, match="size"):
+            c.call_to_fd("domain.memory_peek", f.fileno(), name="web", start=0, size=4 * GB)
+        # The connection still speaks JSON after a refusal.
+        assert c.call("domain.get_info", name="web")["state"] == "running"
+    assert (tmp_path / "x").stat().st_size == 0

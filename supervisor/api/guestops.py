@@ -364,14 +364,20 @@ def register(reg: Registry, daemon: Daemon) -> None:
         name: str | None = None,
         uuid: str | None = None,
         stream: bool = False,
+        to_fd: bool = False,
     ) -> dict[str, Any]:
         """*size* bytes (at most 1 MiB) of guest-physical memory from address *start*,
         base64 in ``data``. Holes below the end of RAM read as zeros; beyond it is an
         error naming ``start`` or ``size``. With ``stream`` true, *size* has no cap:
         the reply has no ``data``, and the connection then carries exactly ``size``
-        raw bytes and is closed (closed early if the VM goes away mid-way)."""
+        raw bytes and is closed (closed early if the VM goes away mid-way). With
+        ``to_fd`` true (no cap either), the client sends one byte carrying a
+        descriptor it opened for writing (``SCM_RIGHTS``) after the reply; the daemon
+        writes the bytes into it (one copy, from a mapping of guest RAM) and answers
+        one line, ``{"written": N}`` (with ``error`` when it fell short)."""
         g = daemon.lookup(name, uuid)
         pid = running_pid(g)
+        stream = stream or to_fd
         limit = None if stream else guestmem.MAX_PEEK
         if size < 0 or start < 0 or (limit is not None and size > limit):
             guestmem.check_range([], start, size, limit)  # raises, naming the field
@@ -391,7 +397,8 @@ def register(reg: Registry, daemon: Daemon) -> None:
             ram = known[2]
 
             async def send(conn: trio.abc.Stream) -> None:
-                await bulk.send_range(
+                deliver = bulk.write_range_to_peer if to_fd else bulk.send_range
+                await deliver(
                     conn,
                     fd,
                     start,
@@ -402,7 +409,8 @@ def register(reg: Registry, daemon: Daemon) -> None:
                 )
 
             ctx.after_reply = send
-            return {"start": start, "size": size, "stream": True}
+            reply: dict[str, Any] = {"start": start, "size": size, "stream": True}
+            return {**reply, "to_fd": True} if to_fd else reply
         data = await trio.to_thread.run_sync(
             guestmem.read_memory, host.vmm_device(g.domain.name), start, size
         )

@@ -194,21 +194,30 @@ def register(reg: Registry, daemon: Daemon) -> None:
         name: str | None = None,
         uuid: str | None = None,
         stream: bool = False,
+        to_fd: bool = False,
     ) -> dict[str, Any]:
         """*size* bytes (at most 1 MiB) at *offset* of a disk, base64 in ``data``.
 
         With ``stream`` true, *size* has no cap: the reply has no ``data``, and the
-        connection then carries exactly ``size`` raw bytes and is closed.
+        connection then carries exactly ``size`` raw bytes and is closed. With ``to_fd``
+        true (and no cap either), the client sends one byte carrying a descriptor it
+        opened for writing (``SCM_RIGHTS``) after the reply; the daemon writes the
+        bytes into it and answers one line, ``{"written": N}`` (with ``error`` when it
+        fell short).
         """
         b = backend(daemon.lookup(name, uuid), disk)
-        if stream:
+        if stream or to_fd:
             fd = await open_for_stream(b, offset, size)
 
             async def send(conn: trio.abc.Stream) -> None:
-                await bulk.send_range(conn, fd, offset, size, what=b.source)
+                if to_fd:
+                    await bulk.write_range_to_peer(conn, fd, offset, size, what=b.source)
+                else:
+                    await bulk.send_range(conn, fd, offset, size, what=b.source)
 
             ctx.after_reply = send
-            return {"offset": offset, "size": size, "stream": True}
+            reply: dict[str, Any] = {"offset": offset, "size": size, "stream": True}
+            return {**reply, "to_fd": True} if to_fd else reply
         data = await peek(b, offset, size)
         return {"offset": offset, "size": len(data), "data": base64.b64encode(data).decode()}
 

@@ -196,9 +196,10 @@ def cmd_memory_peek(args: argparse.Namespace) -> int:
     done = False
     try:
         with connect(args) as client:
-            # One streamed call: raw bytes, no base64, no 1 MiB cap; a short stream
-            # (the VM went away mid-way) raises, and the partial file is removed.
-            client.call_stream(
+            # One call: the daemon writes the raw bytes into our file itself (no base64,
+            # no 1 MiB cap, no second copy through the socket); falling short (the VM
+            # went away mid-way) raises, and the partial file is removed.
+            client.read_into(
                 "domain.memory_peek", f, name=args.name, start=args.start, size=args.size
             )
         f.flush()

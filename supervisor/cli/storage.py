@@ -76,8 +76,9 @@ def cmd_blockpeek(args: argparse.Namespace) -> int:
     dest = _output(args.output)
     try:
         with connect(args) as c:
-            # One streamed call: the daemon sends the raw bytes, no base64, no 1 MiB cap.
-            c.call_stream(
+            # One call: the daemon writes the raw bytes into our file itself, no base64,
+            # no 1 MiB cap.
+            c.read_into(
                 "domain.block_peek",
                 dest,
                 name=args.name,

@@ -22,6 +22,11 @@ class PrefixedStream(trio.abc.HalfCloseableStream):
         self.transport_stream = stream
         self._prefix = prefix
 
+    @property
+    def pending(self) -> int:
+        """Bytes already read from the stream and not yet delivered."""
+        return len(self._prefix)
+
     async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
         if self._prefix:
             await trio.lowlevel.checkpoint()

@@ -37,8 +37,10 @@ stream ends short there, at most a window later than a read-only stream would.
 
 from __future__ import annotations
 
+import array
 import contextlib
 import errno
+import json
 import mmap
 import os
 import select
@@ -51,7 +53,9 @@ from typing import Final
 import structlog
 import trio
 
-__all__ = ["CHUNK", "MAP_WINDOW", "ReadInto", "send_range"]
+from supervisor.rpc._streams import PrefixedStream
+
+__all__ = ["CHUNK", "FD_TIMEOUT", "MAP_WINDOW", "ReadInto", "send_range", "write_range_to_peer"]
 
 LOGGER = structlog.stdlib.get_logger("bhyvesupd.rpc")
 
@@ -75,6 +79,9 @@ _GONE: Final = (
     ConnectionResetError,
 )
 
+
+#: How long the daemon waits for the client's descriptor after a ``to_fd`` reply (s).
+FD_TIMEOUT: Final = 30.0
 
 #: How long the worker thread waits for room in the socket before it looks at its stop flag.
 STOP_POLL_MS: Final = 200
@@ -208,19 +215,20 @@ def _pump(
 
 
 async def _pump_in_thread(
-    sock: trio.socket.SocketType,
+    outfd: int,
     offset: int,
     size: int,
     source: _Source,
     progress: list[int],
+    stop: threading.Event | None = None,
 ) -> None:
-    stop = threading.Event()
+    stop = stop or threading.Event()
     token = trio.lowlevel.current_trio_token()
     finished = trio.Event()
 
     def work() -> None:
         try:
-            _pump(sock.fileno(), offset, size, source, stop, progress)
+            _pump(outfd, offset, size, source, stop, progress)
         finally:
             token.run_sync_soon(finished.set)
 
@@ -311,7 +319,7 @@ async def send_range(
                     await _sendfile(sock, fd, offset, size, progress)
                     done = True
             if not done and size:
-                await _pump_in_thread(sock, offset, size, source, progress)
+                await _pump_in_thread(sock.fileno(), offset, size, source, progress)
         sent = progress[0]
         if sent < size:
             LOGGER.warning("bulk_stream_short", source=what, sent=sent, size=size)
@@ -334,4 +342,102 @@ async def send_range(
                 await stream.aclose()
             except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
                 pass
+    return progress[0]
+
+
+def _received_fds(ancdata: list[tuple[int, int, bytes]]) -> list[int]:
+    fds: list[int] = []
+    for level, kind, data in ancdata:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+            usable = len(data) - len(data) % _INT.itemsize
+            fds.extend(array.array("i", data[:usable]))
+    return fds
+
+
+_INT = array.array("i")
+
+
+async def write_range_to_peer(
+    stream: trio.abc.Stream,
+    fd: int,
+    offset: int,
+    size: int,
+    *,
+    read: ReadInto | None = None,
+    mappable: Sequence[Span] = (),
+    what: str = "",
+) -> int:
+    """Write *size* bytes of *fd* from *offset* into a descriptor the client hands over,
+    then answer with one JSON line and close both.
+
+    The other way of a bulk read (see the module docstring): after the reply the client
+    sends one byte carrying one descriptor (``SCM_RIGHTS``), a file or pipe it opened for
+    writing, and the daemon writes the range into it: one copy, where a stream costs
+    one in the daemon and one in the client. The daemon only ever writes to what the
+    client opened itself, so nothing is reachable that the client could not write.
+    The answer is ``{"written": N}``, with ``"error"`` when the source or the
+    descriptor failed (N is then what was written). The client leaving ends the writing.
+
+    Args: as :func:`send_range`.
+
+    Returns:
+        The bytes written.
+    """
+    read_into = read or _preadinto
+    source = _Source(fd, read_into, mappable)
+    progress = [0]
+    error: str | None = None
+    outfd = -1
+    sock = _socket_of(stream)
+    try:
+        if sock is None or (isinstance(stream, PrefixedStream) and stream.pending):
+            error = "no descriptor: the connection is not a Unix socket, or data came first"
+        else:
+            with trio.move_on_after(FD_TIMEOUT):
+                _msg, ancdata, _flags, _addr = await sock.recvmsg(
+                    1, socket.CMSG_SPACE(4 * _INT.itemsize)
+                )
+                fds = _received_fds(ancdata)
+                for extra in fds[1:]:
+                    os.close(extra)
+                outfd = fds[0] if fds else -1
+            if outfd < 0:
+                error = "no descriptor received (send one byte with SCM_RIGHTS after the reply)"
+        if error is None and size:
+            stop = threading.Event()
+            async with trio.open_nursery() as nursery:
+
+                async def client_gone() -> None:
+                    # Anything more from the client, or its hang-up, ends the writing.
+                    with contextlib.suppress(*_GONE, OSError):
+                        await stream.receive_some(1)
+                    stop.set()
+
+                nursery.start_soon(client_gone)
+                try:
+                    await _pump_in_thread(outfd, offset, size, source, progress, stop)
+                finally:
+                    nursery.cancel_scope.cancel()
+            if progress[0] < size and error is None:
+                error = "the source ended early" if not stop.is_set() else "the client left"
+    except OSError as exc:
+        error = exc.strerror or str(exc)
+    except Exception as exc:  # the source failed mid-way (a named error)
+        error = str(exc)
+    finally:
+        source.close()
+        if outfd >= 0:
+            os.close(outfd)
+        os.close(fd)
+    if error is not None:
+        LOGGER.warning("bulk_write_failed", source=what, written=progress[0], error=error)
+    answer: dict[str, object] = {"written": progress[0]}
+    if error is not None:
+        answer["error"] = error
+    with trio.CancelScope(shield=True):
+        try:
+            await stream.send_all(json.dumps(answer).encode() + b"\n")
+            await stream.aclose()
+        except (*_GONE, OSError):
+            pass
     return progress[0]

@@ -12,7 +12,9 @@ works across the socket.
 
 from __future__ import annotations
 
+import array
 import errno
+import json
 import socket
 from collections import deque
 from collections.abc import Iterator
@@ -24,6 +26,7 @@ from supervisor.host import SOCKET_PATH
 from supervisor.rpc.errors import (
     ConnectionLostError,
     DaemonNotRunningError,
+    InvalidParamsError,
     RequestTimeoutError,
     error_from_object,
 )
@@ -286,6 +289,69 @@ class Client:
         finally:
             sock.close()
         return reply
+
+    def call_to_fd(self, method: str, out_fd: int, /, **params: Any) -> dict[str, Any]:
+        """Call *method* with ``to_fd=True`` and have the daemon write the bytes into
+        *out_fd* (a file or pipe open for writing) itself: one copy instead of the
+        two of a stream through the socket.
+
+        The daemon replies with the byte count in ``size``; this client then hands
+        *out_fd* over (one byte with ``SCM_RIGHTS``) and reads the daemon's last line,
+        ``{"written": N}``. The client is closed afterwards.
+
+        Returns:
+            The reply, with ``written`` added.
+
+        Raises:
+            SupervisorError: the daemon refused (nothing was written).
+            ShortStreamError: fewer than ``size`` bytes were written (the message says
+                why, as the daemon told it).
+        """
+        reply = self.call(method, **params, to_fd=True)
+        if not isinstance(reply, dict) or not isinstance(reply.get("size"), int):
+            self.close()
+            raise RemoteProtocolError(f"{method}: a to_fd reply without a size: {reply!r}")
+        sock, rest = self.raw_socket()
+        with sock:
+            if rest:
+                raise RemoteProtocolError(f"{method}: the daemon sent data before the descriptor")
+            sock.sendmsg(
+                [b"F"], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [out_fd]))]
+            )
+            line = bytearray()
+            while not line.endswith(b"\n"):
+                chunk = sock.recv(4096)
+                if not chunk:
+                    break
+                line += chunk
+        try:
+            answer = json.loads(line)
+            written = int(answer["written"])
+        except (ValueError, KeyError, TypeError):
+            raise ShortStreamError(
+                f"{method}: the daemon ended without saying what it wrote: {bytes(line)!r}"
+            ) from None
+        if written != reply["size"] or "error" in answer:
+            raise ShortStreamError(
+                f"{method}: the daemon wrote {written} of {reply['size']} bytes: "
+                f"{answer.get('error', 'short')}"
+            )
+        return {**reply, "written": written}
+
+    def read_into(self, method: str, sink: BinaryIO, /, **params: Any) -> dict[str, Any]:
+        """A bulk read (``domain.memory_peek``, ``domain.block_peek``) into *sink*, a file
+        object with a descriptor: the daemon writes into it (:meth:`call_to_fd`); a
+        daemon that predates that streams instead (:meth:`call_stream`).
+
+        Raises: as :meth:`call_to_fd`.
+        """
+        sink.flush()
+        try:
+            return self.call_to_fd(method, sink.fileno(), **params)
+        except InvalidParamsError as exc:
+            if getattr(exc, "field", None) != "to_fd":
+                raise
+        return self.call_stream(method, sink, **params)
 
     def raw_socket(self) -> tuple[socket.socket, bytes]:
         """Leave JSON after a call that upgraded the connection (console attach).

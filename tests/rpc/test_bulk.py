@@ -7,7 +7,9 @@ file with mappable spans).
 
 from __future__ import annotations
 
+import array
 import errno
+import json
 import mmap
 import os
 import socket
@@ -242,3 +244,70 @@ async def test_a_client_leaving_mid_stream_unmaps_and_ends_quietly(
     assert all(m.closed for _, _, m in maps.made)
     with pytest.raises(OSError):
         os.fstat(fd)
+
+
+# -- into the client's own descriptor ----------------------------------------------------
+
+
+def _peer_pair() -> tuple[trio.SocketStream, socket.socket]:
+    a, b = socket.socketpair()
+    return trio.SocketStream(trio.socket.from_stdlib_socket(a)), b
+
+
+async def _hand_over(client: socket.socket, fd: int | None) -> dict[str, Any]:
+    def work() -> dict[str, Any]:
+        if fd is None:
+            client.sendall(b"F")
+        else:
+            client.sendmsg([b"F"], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [fd]))])
+        line = client.makefile("rb").readline()
+        client.close()
+        answer: dict[str, Any] = json.loads(line)
+        return answer
+
+    return await trio.to_thread.run_sync(work)
+
+
+async def test_writes_the_range_into_the_handed_descriptor(tmp_path: Path) -> None:
+    src = tmp_path / "mem"
+    data = (
+        os.urandom(3 * mmap.PAGESIZE) + bytes(5 * mmap.PAGESIZE) + os.urandom(9 * bulk.CHUNK // 4)
+    )
+    src.write_bytes(data)
+    out = tmp_path / "out"
+    offset, size = 1234, len(data) - 1234 - 77
+    server, client = _peer_pair()
+    fd = os.open(src, os.O_RDONLY)
+    ram = [(0, 3 * mmap.PAGESIZE), (8 * mmap.PAGESIZE, len(data))]
+    with open(out, "wb") as sink:  # noqa: ASYNC230 - a test's local file
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(
+                lambda: bulk.write_range_to_peer(server, fd, offset, size, mappable=ram)
+            )
+            answer = await _hand_over(client, sink.fileno())
+    assert answer == {"written": size}
+    assert out.read_bytes() == data[offset : offset + size]
+
+
+async def test_no_descriptor_is_an_answer_not_a_hang(tmp_path: Path) -> None:
+    src = tmp_path / "mem"
+    src.write_bytes(b"x" * 4096)
+    server, client = _peer_pair()
+    fd = os.open(src, os.O_RDONLY)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(lambda: bulk.write_range_to_peer(server, fd, 0, 4096))
+        answer = await _hand_over(client, None)
+    assert answer["written"] == 0
+    assert "no descriptor received" in answer["error"]
+
+
+async def test_a_source_ending_early_is_said_in_the_answer(tmp_path: Path) -> None:
+    src = tmp_path / "mem"
+    src.write_bytes(b"y" * 5000)
+    server, client = _peer_pair()
+    fd = os.open(src, os.O_RDONLY)
+    with open(tmp_path / "out", "wb") as sink:  # noqa: ASYNC230 - a test's local file
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(lambda: bulk.write_range_to_peer(server, fd, 0, 8192))
+            answer = await _hand_over(client, sink.fileno())
+    assert answer == {"written": 5000, "error": "the source ended early"}

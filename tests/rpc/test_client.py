@@ -170,3 +170,33 @@ async def test_trio_client_concurrent_calls_and_notifications(
         await client.notify("test.note", n=3)
         note = await client.notifications().receive()
         assert (note.method, note.params) == ("test.event", {"n": 3})
+
+
+def test_a_bulk_read_falls_back_to_a_stream_with_a_daemon_that_predates_to_fd(
+    tmp_path: Path,
+) -> None:
+    from supervisor.rpc.errors import InvalidParamsError
+
+    client = object.__new__(Client)
+    calls: list[str] = []
+
+    def call_to_fd(method: str, fd: int, /, **params: object) -> dict[str, object]:
+        calls.append("to_fd")
+        raise InvalidParamsError("unknown parameter 'to_fd'", field="to_fd")
+
+    def call_stream(method: str, sink: object, /, **params: object) -> dict[str, object]:
+        calls.append("stream")
+        return {"size": 3, "stream": True}
+
+    client.call_to_fd = call_to_fd  # type: ignore[method-assign]
+    client.call_stream = call_stream  # type: ignore[method-assign]
+    with open(tmp_path / "out", "wb") as sink:
+        assert client.read_into("domain.block_peek", sink, size=3)["stream"] is True
+    assert calls == ["to_fd", "stream"]
+
+    def refused(method: str, fd: int, /, **params: object) -> dict[str, object]:
+        raise InvalidParamsError("size: must be >= 0", field="size")
+
+    client.call_to_fd = refused  # type: ignore[method-assign]
+    with open(tmp_path / "out", "wb") as sink, pytest.raises(InvalidParamsError, match="size"):
+        client.read_into("domain.block_peek", sink, size=-1)
