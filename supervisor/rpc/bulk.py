@@ -373,8 +373,9 @@ async def write_range_to_peer(
     The other way of a bulk read (see the module docstring): after the reply the client
     sends one byte carrying one descriptor (``SCM_RIGHTS``), a file or pipe it opened for
     writing, and the daemon writes the range into it: nothing passes through the socket,
-    where a stream costs a copy into it in the daemon and one out of it in the client. The daemon only ever writes to what the
-    client opened itself, so nothing is reachable that the client could not write.
+    where a stream costs a copy into it in the daemon and one out of it in the client.
+    The daemon only ever writes to what the client opened itself, so nothing is
+    reachable that the client could not write.
     The answer is ``{"written": N}``, with ``"error"`` when the source or the
     descriptor failed (N is then what was written). The client leaving ends the writing.
 
