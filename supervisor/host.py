@@ -77,11 +77,15 @@ class Host:
     #: Paths already mapped: a guest start maps a dozen, each a normpath and a scan
     #: of the trees. Not part of the host's identity.
     _mapped: dict[str, str] = attrs.field(factory=dict, init=False, eq=False, repr=False)
+    _is_rooted: bool = attrs.field(init=False, eq=False, repr=False)
+
+    def __attrs_post_init__(self) -> None:
+        object.__setattr__(self, "_is_rooted", os.path.normpath(self.root) != "/")
 
     @property
     def is_rooted(self) -> bool:
         """Whether FreeBSD paths are mapped under a directory other than ``/``."""
-        return os.path.normpath(self.root) != "/"
+        return self._is_rooted
 
     def path(self, freebsd_path: str) -> str:
         """The place on this machine of the FreeBSD path *freebsd_path*.
