@@ -1,10 +1,11 @@
 """Peek and copy throughput against the physical limits: ``dd`` and ``cp --sparse=always``.
 
-- ``domain.block_peek(name, disk, offset, size, stream=true)`` over the socket (one call,
-  the raw bytes after the reply, as ``bhyvesupctl blockpeek`` reads) versus ``dd`` reading
-  the same image file in 1 MiB blocks, both into /dev/null;
-- ``domain.memory_peek(name, start, size, stream=true)`` versus ``dd`` of the same
-  ``/dev/vmm/NAME`` memory file;
+- What ``bhyvesupctl blockpeek`` and ``memory-peek -o FILE`` do: ``domain.block_peek`` /
+  ``domain.memory_peek`` with ``to_fd`` (the client hands over its output file and the
+  daemon writes the range into it) versus ``dd bs=1M of=FILE`` of the same source (the
+  image, ``/dev/vmm/NAME``). The targets are on these rows.
+- A streamed read (``stream=true``: the raw bytes through the socket after the reply, for
+  clients that want them in hand) versus ``dd`` of the same source, both into /dev/null.
 - ``domain.block_copy`` of a sparse image versus ``cp --sparse=always`` of it, and how
   sparse each copy is; a durable copy (``sync: true``) versus ``cp`` then ``sync FILE``.
 
@@ -151,7 +152,6 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
                     peer=dd_disk / MB,
                     peer_name="dd",
                     lower_is_better=False,
-                    target=">= 0.8x",
                 )
             )
             if ours is None:
@@ -169,7 +169,6 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
                     peer=dd_mem / MB,
                     peer_name="dd",
                     lower_is_better=False,
-                    target=">= 0.8x",
                 )
             )
             if ours is None:
