@@ -86,6 +86,9 @@ async def wait_child(pid: int) -> int:
         returncode = _reap(pid)
         if returncode is not None:
             return returncode
+        # kqueue can refuse the registration of a process that is still exiting
+        # (ESRCH) before waitpid sees it gone: give the kernel a moment, never a spin.
+        await trio.sleep(0.001)
 
 
 def _reap(pid: int) -> int | None:
