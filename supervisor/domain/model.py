@@ -681,7 +681,8 @@ class SupervisorPolicy:
         start_delay: seconds to wait after starting this guest before the next order.
         stop_timeout: seconds between the ACPI shutdown request and a forced poweroff.
         restart_backoff: the first delay (s) before restarting a crashed guest; it
-            doubles with each crash up to *restart_backoff_max*.
+            doubles with each crash up to *restart_backoff_max*, which also caps the
+            retries of a launch the host failed (see ``docs/policy.md``).
         crash_limit: this many crashes within *crash_window* seconds make the guest fatal.
         ready_console_regex: the guest counts as "up" once its console prints a match.
     """
