@@ -21,9 +21,15 @@ trio runs one task at a time, so the table is never entered twice at once.
 
 bhyve is started in a session of its own with its output going to a file, never a pipe:
 it must outlive the daemon (an upgrade or a ``kill -9`` of bhyvesupd leaves guests
-running) and a pipe whose reader died would kill it with SIGPIPE. For the same reason the
-actor never lets trio's default cancellation (SIGTERM, then SIGKILL after 5 s) reach
-bhyve: when the daemon goes away the actor is cancelled and bhyve simply keeps running.
+running) and a pipe whose reader died would kill it with SIGPIPE. It is spawned and
+waited for by :mod:`supervisor.vmm.platform.children`, from the event loop, and waiting
+is all a cancellation stops: when the daemon goes away the actor is cancelled and bhyve
+simply keeps running. (A loader is different: a cancelled launch stops it.)
+
+A launch can fail for the guest's reasons (the loader fails, bhyve exits at once) or for
+the host's (no space for the runtime files, no descriptors, no memory to fork): the
+lifecycle counts only the former as crashes, and retries the latter until the host
+recovers.
 
 Nothing that goes wrong inside one actor reaches the daemon's nursery: :meth:`run`
 catches and logs every exception, marks the guest, and carries on, so one guest failing
