@@ -106,6 +106,8 @@ class Daemon:
         self.config = config
         self.host = host
         self.caps = caps
+        # Probed once at start: named once, not at every daemon.status a client polls.
+        self._cap_names = sorted(str(f.name) for f in capsmod.BhyveCap if f and caps.has(f))
         self.bus = EventBus()
         self.store = DefinitionStore(
             host, config.guests.domains_dir, parse_domain_xml, format_domain_xml
@@ -447,7 +449,7 @@ class Daemon:
             "guests": len(self.guests),
             "states": states,
             "subscribers": self.bus.subscribers,
-            "capabilities": sorted(str(f.name) for f in capsmod.BhyveCap if f and self.caps.has(f)),
+            "capabilities": self._cap_names,
         }
 
     # -- running ------------------------------------------------------------------------

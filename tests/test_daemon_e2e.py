@@ -189,13 +189,19 @@ def test_connect_calls_answer(sim: Sim) -> None:
     assert sim.call("connect.get_type") == "BHYVE"
     assert sim.call("connect.is_alive") is True
     assert sim.call("connect.is_encrypted") is False
-    assert sim.call("daemon.status")["guests"] == 0
+    status = sim.call("daemon.status")
+    assert status["guests"] == 0
+    assert status["states"] == {}
+    # What the simulated bhyve's probe shows (libvirt's capability names).
+    assert status["capabilities"] == sorted(status["capabilities"])
+    assert "LPC_BOOTROM" in status["capabilities"]
 
 
 def test_define_start_reboot_poweroff(sim: Sim) -> None:
     sim.define("web1")
     info = sim.call("domain.start", name="web1")
     assert info["state"] == "running", info
+    assert sim.call("daemon.status")["states"] == {"running": 1}
     first_pid = info["pid"]
     sim.wait_console("web1", r"web1.*boot 1")
 
