@@ -394,30 +394,17 @@ def register(reg: Registry, daemon: Daemon) -> None:
             guestmem.check_range(memmap, start, size, limit)
         if stream:
             fd = await trio.to_thread.run_sync(guestmem.open_device, host.vmm_device(g.domain.name))
-            ram = known[2]
-
-            async def send(conn: trio.abc.Stream) -> None:
-                if to_fd:
-                    # Into a file, reading beats mapping: a write(2) from a fresh mapping
-                    # takes a page fault per page inside the kernel's copy, and the read
-                    # is a copy the file write needs anyway (measured: bench/peek.py).
-                    await bulk.write_range_to_peer(
-                        conn, fd, start, size, read=guestmem.preadinto_memory, what=g.domain.name
-                    )
-                    return
-                await bulk.send_range(
-                    conn,
-                    fd,
-                    start,
-                    size,
-                    read=guestmem.preadinto_memory,
-                    mappable=ram,
-                    what=g.domain.name,
-                )
-
-            ctx.after_reply = send
-            reply: dict[str, Any] = {"start": start, "size": size, "stream": True}
-            return {**reply, "to_fd": True} if to_fd else reply
+            return bulk.reply_with_range(
+                ctx,
+                fd,
+                start,
+                size,
+                key="start",
+                to_fd=to_fd,
+                read=guestmem.preadinto_memory,
+                mappable=known[2],
+                what=g.domain.name,
+            )
         data = await trio.to_thread.run_sync(
             guestmem.read_memory, host.vmm_device(g.domain.name), start, size
         )

@@ -208,16 +208,9 @@ def register(reg: Registry, daemon: Daemon) -> None:
         b = backend(daemon.lookup(name, uuid), disk)
         if stream or to_fd:
             fd = await open_for_stream(b, offset, size)
-
-            async def send(conn: trio.abc.Stream) -> None:
-                if to_fd:
-                    await bulk.write_range_to_peer(conn, fd, offset, size, what=b.source)
-                else:
-                    await bulk.send_range(conn, fd, offset, size, what=b.source)
-
-            ctx.after_reply = send
-            reply: dict[str, Any] = {"offset": offset, "size": size, "stream": True}
-            return {**reply, "to_fd": True} if to_fd else reply
+            return bulk.reply_with_range(
+                ctx, fd, offset, size, key="offset", to_fd=to_fd, what=b.source
+            )
         data = await peek(b, offset, size)
         return {"offset": offset, "size": len(data), "data": base64.b64encode(data).decode()}
 

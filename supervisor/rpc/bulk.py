@@ -48,14 +48,25 @@ import socket
 import stat
 import threading
 from collections.abc import Callable, Sequence
-from typing import Final
+from typing import TYPE_CHECKING, Any, Final
 
 import structlog
 import trio
 
 from supervisor.rpc._streams import PrefixedStream
 
-__all__ = ["CHUNK", "FD_TIMEOUT", "MAP_WINDOW", "ReadInto", "send_range", "write_range_to_peer"]
+if TYPE_CHECKING:
+    from supervisor.rpc.dispatch import CallContext
+
+__all__ = [
+    "CHUNK",
+    "FD_TIMEOUT",
+    "MAP_WINDOW",
+    "ReadInto",
+    "reply_with_range",
+    "send_range",
+    "write_range_to_peer",
+]
 
 LOGGER = structlog.stdlib.get_logger("bhyvesupd.rpc")
 
@@ -364,7 +375,6 @@ async def write_range_to_peer(
     size: int,
     *,
     read: ReadInto | None = None,
-    mappable: Sequence[Span] = (),
     what: str = "",
 ) -> int:
     """Write *size* bytes of *fd* from *offset* into a descriptor the client hands over,
@@ -376,6 +386,9 @@ async def write_range_to_peer(
     where a stream costs a copy into it in the daemon and one out of it in the client.
     The daemon only ever writes to what the client opened itself, so nothing is
     reachable that the client could not write.
+    The bytes are read, never mapped, even where they could be: a ``write(2)`` from a
+    fresh mapping takes a page fault per page inside the kernel's copy, and into a file
+    the read is a copy the write needs anyway (measured: bench/peek.py).
     The answer is ``{"written": N}``, with ``"error"`` when the source or the
     descriptor failed (N is then what was written). The client leaving ends the writing.
 
@@ -385,7 +398,7 @@ async def write_range_to_peer(
         The bytes written.
     """
     read_into = read or _preadinto
-    source = _Source(fd, read_into, mappable)
+    source = _Source(fd, read_into, ())
     progress = [0]
     error: str | None = None
     outfd = -1
@@ -419,8 +432,8 @@ async def write_range_to_peer(
                     await _pump_in_thread(outfd, offset, size, source, progress, stop)
                 finally:
                     nursery.cancel_scope.cancel()
-            if progress[0] < size and error is None:
-                error = "the source ended early" if not stop.is_set() else "the client left"
+            if progress[0] < size:
+                error = "the client left" if stop.is_set() else "the source ended early"
     except OSError as exc:
         error = exc.strerror or str(exc)
     except Exception as exc:  # the source failed mid-way (a named error)
@@ -442,3 +455,35 @@ async def write_range_to_peer(
         except (*_GONE, OSError):
             pass
     return progress[0]
+
+
+def reply_with_range(
+    ctx: CallContext,
+    fd: int,
+    offset: int,
+    size: int,
+    *,
+    key: str,
+    to_fd: bool,
+    read: ReadInto | None = None,
+    mappable: Sequence[Span] = (),
+    what: str = "",
+) -> dict[str, Any]:
+    """Hand a bulk read over to the connection after the reply, and say so.
+
+    Sets ``ctx.after_reply`` to :func:`write_range_to_peer` with *to_fd*, else to
+    :func:`send_range`; returns the reply that announces the range (*key* names its
+    start: ``offset`` for a disk, ``start`` for guest memory). *fd* is the callee's.
+    """
+
+    async def deliver(conn: trio.abc.Stream) -> None:
+        if to_fd:
+            await write_range_to_peer(conn, fd, offset, size, read=read, what=what)
+        else:
+            await send_range(conn, fd, offset, size, read=read, mappable=mappable, what=what)
+
+    ctx.after_reply = deliver
+    reply: dict[str, Any] = {key: offset, "size": size, "stream": True}
+    if to_fd:
+        reply["to_fd"] = True
+    return reply

@@ -278,12 +278,9 @@ async def test_writes_the_range_into_the_handed_descriptor(tmp_path: Path) -> No
     offset, size = 1234, len(data) - 1234 - 77
     server, client = _peer_pair()
     fd = os.open(src, os.O_RDONLY)
-    ram = [(0, 3 * mmap.PAGESIZE), (8 * mmap.PAGESIZE, len(data))]
     with open(out, "wb") as sink:  # noqa: ASYNC230 - a test's local file
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(
-                lambda: bulk.write_range_to_peer(server, fd, offset, size, mappable=ram)
-            )
+            nursery.start_soon(lambda: bulk.write_range_to_peer(server, fd, offset, size))
             answer = await _hand_over(client, sink.fileno())
     assert answer == {"written": size}
     assert out.read_bytes() == data[offset : offset + size]
