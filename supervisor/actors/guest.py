@@ -250,7 +250,6 @@ class GuestActor:
         #: its guests: a copy of os.environ per launch, or per guest, was a measurable
         #: part of starting (and then keeping) 500 guests.
         self._env = env if env is not None else tool_env(host)
-        self._log_dir_made = False
         self._console_running = False
         self._changed = trio.Event()
         self.last_error: str | None = None
@@ -662,7 +661,7 @@ class GuestActor:
             # A bhyve whose pid file could not be written is not left running half set
             # up: the next daemon could not adopt it, and would take its VM for a
             # leftover. It goes before it has done anything; the launch is retried.
-            _kill_quietly(pid)
+            children.signal_quietly(pid, signal.SIGKILL)
             self._nursery.start_soon(children.wait_child, pid)
             raise
         self._nursery.start_soon(self._watch, pid, started)
@@ -709,15 +708,13 @@ class GuestActor:
 
     def _output_file(self) -> int:
         path = self.host.path(self.paths.bhyve_log(self.name))
-        if not self._log_dir_made:
-            os.makedirs(os.path.dirname(path), exist_ok=True)
-            self._log_dir_made = True
+        flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT
         try:
-            return os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
+            return os.open(path, flags, 0o640)
         except FileNotFoundError:
-            # The log directory was removed while the guest was defined.
+            # The directory is made only when missing, as write_atomic does.
             os.makedirs(os.path.dirname(path), exist_ok=True)
-            return os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
+            return os.open(path, flags, 0o640)
 
     async def _run_loader(self, argv: tuple[str, ...]) -> lc.ExitStatus:
         out = self._output_file()
@@ -869,13 +866,6 @@ def _log_header(fd: int, argv: tuple[str, ...]) -> None:
         os.write(fd, f"--- {time.strftime('%Y-%m-%dT%H:%M:%S')} {' '.join(argv)}\n".encode())
     except OSError as exc:
         log.warning("bhyve_log_write_failed", error=exc.strerror)
-
-
-def _kill_quietly(pid: int) -> None:
-    try:
-        os.kill(pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
 
 
 def _loader_status(status: lc.ExitStatus) -> str:

@@ -36,13 +36,31 @@ def _event(pid: int, flags: int) -> select.kevent:
 
 
 async def wait_for_exit(host: Host, pid: int) -> ExitInfo:
+    event = await _note_exit(pid)
+    if event is None:
+        # Already reaped: its status went to whoever reaped it, so nobody here can say
+        # how it ended.
+        return UNKNOWN
+    return decode_wait_status(event.data)
+
+
+async def wait_ended(pid: int) -> None:
+    """Return once our child *pid* has ended; the caller reaps it with ``waitpid``.
+
+    A child that has ended already is a zombie: kevent() may then refuse the
+    registration (ESRCH), which says the same thing.
+    """
+    await _note_exit(pid)
+
+
+async def _note_exit(pid: int) -> select.kevent | None:
+    """The ``NOTE_EXIT`` event of *pid* once it has ended (its ``data`` is the wait
+    status), or None at once when kevent() finds no such process (ESRCH)."""
     kqueue = trio.lowlevel.current_kqueue()
     try:
         kqueue.control([_event(pid, select.KQ_EV_ADD | select.KQ_EV_ONESHOT)], 0)
     except ProcessLookupError:
-        # Already reaped: its status went to whoever reaped it, so nobody here can say
-        # how it ended.
-        return UNKNOWN
+        return None
 
     def abort(_: trio.lowlevel.RaiseCancelT) -> trio.lowlevel.Abort:
         with contextlib.suppress(ProcessLookupError):
@@ -50,30 +68,7 @@ async def wait_for_exit(host: Host, pid: int) -> ExitInfo:
         return trio.lowlevel.Abort.SUCCEEDED
 
     # trio wakes the task with the kevent itself, though it annotates the result as Abort.
-    event = cast(
-        "select.kevent", await trio.lowlevel.wait_kevent(pid, select.KQ_FILTER_PROC, abort)
-    )
-    return decode_wait_status(event.data)
-
-
-async def wait_child_exit(pid: int) -> None:
-    """Return once our child *pid* has ended; the caller reaps it with ``waitpid``.
-
-    A child that has ended already is a zombie: kevent() may then refuse the
-    registration (ESRCH), which says the same thing.
-    """
-    kqueue = trio.lowlevel.current_kqueue()
-    try:
-        kqueue.control([_event(pid, select.KQ_EV_ADD | select.KQ_EV_ONESHOT)], 0)
-    except ProcessLookupError:
-        return
-
-    def abort(_: trio.lowlevel.RaiseCancelT) -> trio.lowlevel.Abort:
-        with contextlib.suppress(ProcessLookupError):
-            kqueue.control([_event(pid, select.KQ_EV_DELETE)], 0)
-        return trio.lowlevel.Abort.SUCCEEDED
-
-    await trio.lowlevel.wait_kevent(pid, select.KQ_FILTER_PROC, abort)
+    return cast("select.kevent", await trio.lowlevel.wait_kevent(pid, select.KQ_FILTER_PROC, abort))
 
 
 def is_zombie(pid: int) -> bool:

@@ -28,11 +28,11 @@ def status_path(pid: int) -> str:
 
 
 async def wait_for_exit(host: Host, pid: int) -> ExitInfo:
-    await wait_readable_exit(pid)
+    await wait_ended(pid)
     return collect_status(host, pid)
 
 
-async def wait_readable_exit(pid: int) -> None:
+async def wait_ended(pid: int) -> None:
     """Return once process *pid* has ended (at once when it is gone already).
 
     A child that ended stays a zombie until its parent reaps it, and its pidfd is

@@ -19,15 +19,16 @@ import os
 import signal
 import sys
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import trio
 
 from supervisor.errors import UnsupportedError
 
 if sys.platform == "linux":
-    from supervisor.vmm.platform._pidfd import wait_readable_exit as _wait_exit
+    from supervisor.vmm.platform._pidfd import wait_ended as _wait_ended
 elif sys.platform != "win32":
-    from supervisor.vmm.platform._kqueue import wait_child_exit as _wait_exit
+    from supervisor.vmm.platform._kqueue import wait_ended as _wait_ended
 else:  # pragma: no cover - the supervisor needs a Unix
     raise UnsupportedError(f"children: no way to watch processes on {sys.platform}")
 
@@ -59,19 +60,18 @@ def spawn_detached(argv: Sequence[str], *, env: Mapping[str, str], output_fd: in
         (os.POSIX_SPAWN_DUP2, output_fd, 1),
         (os.POSIX_SPAWN_DUP2, output_fd, 2),
     ]
-    path = argv[0]
-    if _setsid_supported:
+    while True:
+        # Without POSIX_SPAWN_SETSID, a process group of its own keeps the terminal's
+        # signals away just the same: they go to the foreground group only.
+        session: dict[str, Any] = {"setsid": True} if _setsid_supported else {"setpgroup": 0}
         try:
             return os.posix_spawn(
-                path, list(argv), env, file_actions=actions, setsigdef=_RESTORE, setsid=True
+                argv[0], list(argv), env, file_actions=actions, setsigdef=_RESTORE, **session
             )
         except NotImplementedError:
+            if not _setsid_supported:
+                raise
             _setsid_supported = False
-    # A process group of its own keeps the terminal's signals away just the same:
-    # they go to the foreground group only.
-    return os.posix_spawn(
-        path, list(argv), env, file_actions=actions, setsigdef=_RESTORE, setpgroup=0
-    )
 
 
 async def wait_child(pid: int) -> int:
@@ -82,7 +82,7 @@ async def wait_child(pid: int) -> int:
     wait for it.
     """
     while True:
-        await _wait_exit(pid)
+        await _wait_ended(pid)
         returncode = _reap(pid)
         if returncode is not None:
             return returncode
@@ -117,16 +117,17 @@ async def run_to_end(
         return await wait_child(pid)
     except BaseException:
         with trio.CancelScope(shield=True):
-            _kill(pid, signal.SIGTERM)
+            signal_quietly(pid, signal.SIGTERM)
             with trio.move_on_after(kill_after):
                 await wait_child(pid)
                 raise
-            _kill(pid, signal.SIGKILL)
+            signal_quietly(pid, signal.SIGKILL)
             await wait_child(pid)
         raise
 
 
-def _kill(pid: int, signo: int) -> None:
+def signal_quietly(pid: int, signo: int) -> None:
+    """Send *signo* to *pid*; a process already gone is no error."""
     try:
         os.kill(pid, signo)
     except ProcessLookupError:
