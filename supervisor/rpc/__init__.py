@@ -12,8 +12,9 @@ blocking client through it and should start fast. Those parts are loaded when fi
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from supervisor._lazy import lazy_attributes
 from supervisor.rpc.client import Client as Client
 from supervisor.rpc.errors import ConnectionLostError as ConnectionLostError
 from supervisor.rpc.errors import DaemonNotRunningError as DaemonNotRunningError
@@ -53,10 +54,4 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    import importlib
-
-    return getattr(importlib.import_module(module), name)
+__getattr__ = lazy_attributes(__name__, _LAZY)
