@@ -455,26 +455,6 @@ class Lifecycle:
         """Adopt a new policy (a redefinition); takes effect at the next decision."""
         self.policy = policy
 
-    def _host_fault(self, reason: str, now: float) -> list[Action]:
-        # Not the guest's doing: it is retried, with a growing delay, until the host
-        # recovers (space freed), whatever the crash policy, and it never uses up the
-        # crash limit. A client stops the retries with shutdown or destroy.
-        self.intent = Intent.NONE
-        self.host_faults += 1
-        floor = max(HOST_FAULT_RETRY, self.policy.restart_backoff)
-        delay = min(
-            floor * 2 ** (self.host_faults - 1),
-            max(floor, self.policy.restart_backoff_max),
-        )
-        self.backoff_until = now + delay
-        self._to(State.BACKOFF, f"{reason}; the host's fault, retrying in {delay:g} s")
-        return [
-            CancelTimer(Timer.STOP),
-            CancelTimer(Timer.KILL),
-            Cleanup(),
-            ArmTimer(Timer.BACKOFF, delay),
-        ]
-
     def recent_crashes(self, now: float) -> int:
         self._forget_old_crashes(now)
         return len(self.crashes)
@@ -514,6 +494,35 @@ class Lifecycle:
         self.vm_dirty = keep_vm
         return [CancelTimer(Timer.STOP), CancelTimer(Timer.KILL), Cleanup(keep_vm=keep_vm)]
 
+    def _host_fault(self, reason: str, now: float) -> list[Action]:
+        # Not the guest's doing: it is retried, with a growing delay, until the host
+        # recovers (space freed), whatever the crash policy, and it never uses up the
+        # crash limit. A client stops the retries with shutdown or destroy.
+        self.intent = Intent.NONE
+        self.host_faults += 1
+        first = max(HOST_FAULT_RETRY, self.policy.restart_backoff)
+        return [
+            CancelTimer(Timer.STOP),
+            CancelTimer(Timer.KILL),
+            *self._back_off(
+                f"{reason}; the host's fault, retrying",
+                first,
+                self.host_faults,
+                max(first, self.policy.restart_backoff_max),
+                now,
+            ),
+        ]
+
+    def _back_off(
+        self, what: str, first: float, attempt: int, cap: float, now: float
+    ) -> list[Action]:
+        """Wait before launching again: *first* seconds, doubled for each further
+        *attempt*, at most *cap*."""
+        delay = min(first * 2 ** (attempt - 1), cap)
+        self.backoff_until = now + delay
+        self._to(State.BACKOFF, f"{what} in {delay:g} s")
+        return [Cleanup(), ArmTimer(Timer.BACKOFF, delay)]
+
     def _crashed(self, reason: str, now: float) -> list[Action]:
         self.intent = Intent.NONE
         actions: list[Action] = [CancelTimer(Timer.STOP), CancelTimer(Timer.KILL)]
@@ -528,13 +537,16 @@ class Lifecycle:
                     f"{policy.crash_window:g} s (limit {policy.crash_limit})",
                 )
                 return [*actions, Cleanup()]
-            delay = min(
-                policy.restart_backoff * 2 ** (len(self.crashes) - 1),
-                policy.restart_backoff_max,
-            )
-            self.backoff_until = now + delay
-            self._to(State.BACKOFF, f"{reason}; restarting in {delay:g} s")
-            return [*actions, Cleanup(), ArmTimer(Timer.BACKOFF, delay)]
+            return [
+                *actions,
+                *self._back_off(
+                    f"{reason}; restarting",
+                    policy.restart_backoff,
+                    len(self.crashes),
+                    policy.restart_backoff_max,
+                    now,
+                ),
+            ]
         keep = policy.on_crash is OnCrash.PRESERVE
         self._to(State.CRASHED, reason)
         self.vm_dirty = self.vm_dirty or keep
