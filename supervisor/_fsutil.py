@@ -26,7 +26,7 @@ def write_atomic(path: str, data: bytes, *, mode: int = 0o644, durable: bool = T
         fd = os.open(tmp, flags, mode)
     try:
         try:
-            _write_all(fd, data)
+            write_all(fd, data)
             if durable:
                 os.fsync(fd)
         finally:
@@ -52,7 +52,7 @@ def fsync_directory(directory: str) -> None:
         os.close(dirfd)
 
 
-def _write_all(fd: int, data: bytes) -> None:
+def write_all(fd: int, data: bytes) -> None:
     """Write all of *data*: write(2) may store only part of it when the filesystem is
     nearly full (it fails with ENOSPC only once nothing fits), and a short write taken
     for a whole one would rename a truncated file over the good one."""

@@ -26,6 +26,8 @@ from typing import Any, TextIO
 
 import structlog
 
+from supervisor._fsutil import write_all
+
 _LEVELS = {"debug": 10, "info": 20, "warning": 30, "error": 40, "critical": 50}
 
 
@@ -42,7 +44,7 @@ class _Output:
         self.path = path
         self.echo = echo
         self.console = console
-        self._renderer = structlog.dev.ConsoleRenderer(colors=False) if console else None
+        self._renderer = structlog.dev.ConsoleRenderer(colors=False)
         self._fd = -1
         self._ident: tuple[int, int] | None = None
         self._failing = False
@@ -55,7 +57,7 @@ class _Output:
             self._write_file(line)
         if self.echo is not None:
             _write_text(self.echo, line + "\n")
-        if self.console is not None and self._renderer is not None:
+        if self.console is not None:
             text = self._renderer(None, "", event)
             _write_text(self.console, f"{text}\n")
 
@@ -63,10 +65,7 @@ class _Output:
         assert self.path is not None
         try:
             self._reopen_if_moved()
-            data = (line + "\n").encode("utf-8", "backslashreplace")
-            view = memoryview(data)
-            while view:
-                view = view[os.write(self._fd, view) :]
+            write_all(self._fd, (line + "\n").encode("utf-8", "backslashreplace"))
         except OSError as exc:
             if not self._failing:
                 self._failing = True
