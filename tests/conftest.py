@@ -38,3 +38,27 @@ def corpus() -> Path:
     """The libvirt bhyve test corpus beside the checkout (``../shared/corpus``)."""
     require_real(CORPUS.is_dir(), f"libvirt corpus at {CORPUS}")
     return CORPUS
+
+
+class FsyncRecorder:
+    """Records the (device, inode) of every descriptor fsynced, then fsyncs it."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.seen: list[tuple[int, int]] = []
+        real = os.fsync
+
+        def fsync(fd: int) -> None:
+            st = os.fstat(fd)
+            self.seen.append((st.st_dev, st.st_ino))
+            real(fd)
+
+        monkeypatch.setattr(os, "fsync", fsync)
+
+    def count(self, path: Path) -> int:
+        """How many times *path* (a file or directory) was fsynced."""
+        st = os.stat(path)
+        return self.seen.count((st.st_dev, st.st_ino))
+
+    def covered(self, path: Path) -> bool:
+        """Whether *path* was fsynced at all."""
+        return self.count(path) > 0

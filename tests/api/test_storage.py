@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import os
 import stat
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -19,28 +19,10 @@ from supervisor.host import Host
 from supervisor.rpc.trio_client import TrioClient, open_client
 from supervisor.vmm import caps as capsmod
 from supervisor.vmm.sim import install, teardown
+from tests.conftest import FsyncRecorder
 from tests.test_daemon_e2e import guest_xml
 
 MB = 1 << 20
-
-
-class _Fsyncs:
-    """Records the (device, inode) of every descriptor fsynced, then fsyncs it."""
-
-    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
-        self.seen: set[tuple[int, int]] = set()
-        real: Callable[[int], None] = os.fsync
-
-        def fsync(fd: int) -> None:
-            st = os.fstat(fd)
-            self.seen.add((st.st_dev, st.st_ino))
-            real(fd)
-
-        monkeypatch.setattr(os, "fsync", fsync)
-
-    def covered(self, path: Path) -> bool:
-        st = os.stat(path)
-        return (st.st_dev, st.st_ino) in self.seen
 
 
 @pytest.fixture
@@ -84,7 +66,7 @@ async def test_a_copy_is_durable_when_asked_or_pivoted_to_and_cp_like_otherwise(
 ) -> None:
     image = _image(host)
     source = image.read_bytes()
-    fsyncs = _Fsyncs(monkeypatch)
+    fsyncs = FsyncRecorder(monkeypatch)
     async with open_client(host.path("/var/run/bhyvesupd/bhyvesupd.sock")) as c:
         await c.call("domain.define", xml=guest_xml("g"))
         plain = await _copy(c, dest="/var/vm/g/plain.img")
@@ -114,7 +96,7 @@ async def test_a_plain_copy_fsyncs_nothing(host: Host, monkeypatch: pytest.Monke
     image = _image(host)
     async with open_client(host.path("/var/run/bhyvesupd/bhyvesupd.sock")) as c:
         await c.call("domain.define", xml=guest_xml("g"))
-        fsyncs = _Fsyncs(monkeypatch)
+        fsyncs = FsyncRecorder(monkeypatch)
         job = await _copy(c, dest="/var/vm/g/copy.img")
     assert job["result"]["durable"] is False
     assert not fsyncs.covered(image.parent / "copy.img")

@@ -20,6 +20,7 @@ from supervisor.storage import copy as copymod
 from supervisor.storage import stats, zfsparse
 from supervisor.storage.disks import PEEK_MAX, check_peek
 from supervisor.vmm.bhyveopts import parse_bhyve_argv
+from tests.conftest import FsyncRecorder
 
 # What FreeBSD 14.x (OpenZFS 2.2) prints for a sparse zvol with volmode=dev.
 FREEBSD_GET = (
@@ -196,36 +197,17 @@ def test_sparse_copy_cancel_removes_the_partial_copy(tmp_path: Path) -> None:
     assert not (tmp_path / "b").exists()
 
 
-class _Fsyncs:
-    """Records the (device, inode) of every descriptor fsynced, then fsyncs it."""
-
-    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
-        self.seen: list[tuple[int, int]] = []
-        real = os.fsync
-
-        def fsync(fd: int) -> None:
-            st = os.fstat(fd)
-            self.seen.append((st.st_dev, st.st_ino))
-            real(fd)
-
-        monkeypatch.setattr(os, "fsync", fsync)
-
-    def of(self, path: Path) -> int:
-        st = os.stat(path)
-        return self.seen.count((st.st_dev, st.st_ino))
-
-
 @pytest.mark.parametrize("durable", [False, True])
 def test_sparse_copy_fsyncs_the_file_and_its_directory_only_when_durable(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, durable: bool
 ) -> None:
     data = _sparse(tmp_path / "a")
     (tmp_path / "d").mkdir()
-    fsyncs = _Fsyncs(monkeypatch)
+    fsyncs = FsyncRecorder(monkeypatch)
     copymod.sparse_copy(str(tmp_path / "a"), str(tmp_path / "d/b"), durable=durable)
     assert (tmp_path / "d/b").read_bytes() == data
-    assert fsyncs.of(tmp_path / "d/b") == int(durable)
-    assert fsyncs.of(tmp_path / "d") == int(durable)
+    assert fsyncs.count(tmp_path / "d/b") == int(durable)
+    assert fsyncs.count(tmp_path / "d") == int(durable)
     assert len(fsyncs.seen) == 2 * int(durable)
 
 
@@ -233,7 +215,7 @@ def test_a_cancelled_durable_copy_leaves_nothing(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     _sparse(tmp_path / "a")
-    fsyncs = _Fsyncs(monkeypatch)
+    fsyncs = FsyncRecorder(monkeypatch)
     cancel = threading.Event()
     cancel.set()
     with pytest.raises(copymod.Cancelled):
