@@ -21,6 +21,7 @@ from collections.abc import Iterator
 from types import TracebackType
 from typing import Any, BinaryIO, Final, NoReturn
 
+from supervisor._sockutil import connect_unix as _connect_retrying
 from supervisor.errors import InvalidValueError, PermissionDeniedError
 from supervisor.host import SOCKET_PATH
 from supervisor.rpc.errors import (
@@ -65,7 +66,7 @@ def connect_unix(path: str, timeout: float | None = DEFAULT_TIMEOUT) -> socket.s
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         sock.settimeout(timeout)
-        sock.connect(path)
+        _connect_retrying(sock, path, timeout)
     except FileNotFoundError:
         sock.close()
         raise DaemonNotRunningError(f"daemon not running (no socket at {path})") from None

@@ -13,9 +13,11 @@ the blocking client used, in a thread, to start one.
 from __future__ import annotations
 
 import os
+import socket
 
 import trio
 
+from supervisor._sockutil import pause, try_connect
 from supervisor.errors import HostNotReadyError
 from supervisor.host import Host
 from supervisor.vmm.platform._nmdm import NmdmPath
@@ -38,15 +40,25 @@ async def _ask_running_relay(root: str, request: dict[str, str]) -> bytes | None
     dir_fd = nmdm.open_control_dir(root)
     if dir_fd is None:
         return None
-    sock = trio.socket.socket(trio.socket.AF_UNIX, trio.socket.SOCK_STREAM)
-    with sock:
+    raw = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+    raw.setblocking(False)
+    with trio.socket.from_stdlib_socket(raw) as sock:
         try:
-            try:
-                await sock.connect(nmdm.control_address(dir_fd))
-            finally:
-                os.close(dir_fd)
+            with trio.fail_after(nmdm.REQUEST_TIMEOUT):
+                try:
+                    # A relay busy with many starts at once can have a full queue.
+                    attempt = 0
+                    while not try_connect(raw, nmdm.control_address(dir_fd)):
+                        await trio.sleep(pause(attempt))
+                        attempt += 1
+                finally:
+                    os.close(dir_fd)
         except (FileNotFoundError, ConnectionRefusedError):
             return None
+        except trio.TooSlowError as exc:
+            raise HostNotReadyError(
+                f"nmdm relay of {root}: accept queue full for {nmdm.REQUEST_TIMEOUT} s"
+            ) from exc
         try:
             with trio.fail_after(nmdm.REQUEST_TIMEOUT):
                 data = nmdm.encode_request(request)

@@ -215,11 +215,12 @@ def install(
 
 
 def teardown(root: str) -> list[int]:
-    """Kill every simulated process of the host at *root* (bhyve, loaders, relays).
+    """Kill every simulated process of the host at *root* (bhyve, loaders, relays),
+    for good: a bhyve still starting up when this runs dies as soon as it registers.
 
     The directory itself is left alone. Returns the pids that were killed.
     """
     root = os.path.abspath(root)
-    killed = procs.kill_all(root)
+    killed = procs.end(root)
     nmdm.stop_relay(root)
     return killed

@@ -78,6 +78,7 @@ from typing import Any
 import attrs
 
 import supervisor
+from supervisor._sockutil import connect_unix
 from supervisor.errors import HostNotReadyError, SupervisorError
 from supervisor.vmm.platform._nmdm import NmdmPath, make_raw, parse_nmdm_path
 
@@ -265,7 +266,7 @@ def _connect(root: str) -> socket.socket | None:
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
     try:
         sock.settimeout(REQUEST_TIMEOUT)
-        sock.connect(_socket_address(dir_fd))
+        connect_unix(sock, _socket_address(dir_fd), REQUEST_TIMEOUT)
     except (FileNotFoundError, ConnectionRefusedError):
         sock.close()
         return None
@@ -651,7 +652,8 @@ def _serve(root: Path) -> int:
         listener.bind(address)
     finally:
         os.close(dir_fd)
-    listener.listen(64)
+    # Every guest of a host starting at once asks at once.
+    listener.listen(socket.SOMAXCONN)
     socket_ino = os.stat(kdir / SOCKET_NAME).st_ino
     # The starter waits for this process to exit; the relay carries on in the child,
     # which is nobody's child it could be reaped by by mistake.

@@ -5,6 +5,11 @@ test that started it, so it cannot be found by command line or by ``wait``. Each
 registers its pid and kernel start time under ``ROOT/.simkernel/procs/``; teardown
 kills exactly the registered processes whose start time still matches, never a
 process that merely reused the pid.
+
+A process registers itself first thing, but Python takes a while to get there, and
+a host torn down just after its guests were launched would miss the late ones. So
+teardown marks the host first (:func:`end`), and a process registering on a marked
+host kills itself as teardown would have: a torn-down host stays down.
 """
 
 from __future__ import annotations
@@ -41,12 +46,37 @@ def _state(pid: int) -> str | None:
         return None
 
 
+def _marker(root: str) -> str:
+    return os.path.join(root, KERNEL_DIR, "torn-down")
+
+
 def register(root: str, pid: int | None = None) -> None:
-    """Record *pid* (default: this process) as a process of the host at *root*."""
+    """Record *pid* (default: this process) as a process of the host at *root*.
+
+    This process, registering on a host that :func:`end` has torn down, is killed.
+    """
+    own = pid is None or pid == os.getpid()
     pid = os.getpid() if pid is None else pid
     os.makedirs(_dir(root), exist_ok=True)
     with open(os.path.join(_dir(root), str(pid)), "w", encoding="ascii") as f:
         f.write(f"{start_time(pid)}\n")
+    # Registered first, checked second: teardown marks first and lists second, so a
+    # process is either in its list or sees its mark.
+    if own and os.path.exists(_marker(root)):
+        unregister(root, pid)
+        os.kill(pid, signal.SIGKILL)
+
+
+def end(root: str, timeout: float = 5.0) -> list[int]:
+    """Tear the host at *root* down for good: mark it, then :func:`kill_all`.
+
+    Returns:
+        the pids that were killed.
+    """
+    os.makedirs(os.path.dirname(_marker(root)), exist_ok=True)
+    with open(_marker(root), "w", encoding="ascii"):
+        pass
+    return kill_all(root, timeout)
 
 
 def unregister(root: str, pid: int | None = None) -> None:

@@ -325,6 +325,16 @@ def test_teardown_kills_running_guests(sim_root: str) -> None:
     assert finish(proc)[0] == -signal.SIGKILL
 
 
+def test_teardown_also_ends_a_bhyve_still_starting_up(sim_root: str) -> None:
+    # Launched, but teardown runs before its interpreter has got as far as
+    # registering: it must not live on after the host has gone.
+    host = install(sim_root)
+    proc = start(host, bhyve_argv(host, "vm1"))
+    teardown(sim_root)
+    assert finish(proc)[0] == -signal.SIGKILL
+    assert not exists(host, "vm1")
+
+
 def test_kernel_state_is_shared_with_bhyvectl(sim: Host) -> None:
     proc, _ = boot(sim, "vm1", cpus=2)
     vm = Kernel(sim.root, load_hardware(sim.root)).get("vm1")
