@@ -157,3 +157,30 @@ def test_a_shutdown_under_way_is_finished_by_the_next_daemon(
         assert not alive(pid)
     finally:
         stop_daemon(second)
+
+
+def test_a_first_boot_is_readopted_with_its_uptime_and_boot_count(
+    tmp_path: Path, host_root: Path
+) -> None:
+    # A guest's first launch after the host came up records only its pid file; the
+    # next daemon must still know how long it has run and that it is boot 1.
+    log = tmp_path / "daemon.out"
+    first = spawn_daemon(host_root, log, "--no-examples")
+    first.define("solo")
+    kill_daemon(first)
+    second = spawn_daemon(host_root, log, "--no-examples")
+    pid = second.call("domain.start", name="solo")["pid"]
+    second.wait_console("solo", r"solo# ")
+    time.sleep(1.5)
+    kill_daemon(second)
+    third = spawn_daemon(host_root, log, "--no-examples")
+    try:
+        info = third.info("solo")
+        assert (info["state"], info["pid"], info["boot_count"]) == ("running", pid, 1)
+        assert info["uptime"] >= 1.5
+        # Its next boot is counted on from there, and recorded.
+        third.type("solo", "reboot")
+        third.wait_for("second boot", lambda: third.info("solo")["boot_count"] == 2)
+        third.wait_state("solo", "running")
+    finally:
+        stop_daemon(third)

@@ -254,6 +254,9 @@ class GuestActor:
         self._changed = trio.Event()
         self.last_error: str | None = None
         self.last_plan: LaunchPlan | None = None
+        #: adopt() found no status file and none has been written since. A first
+        #: launch then has nothing to record beyond the pid file (see _launch).
+        self._status_absent = False
         self._log = log.bind(guest=name)
 
     # -- client side ---------------------------------------------------------------------
@@ -408,6 +411,8 @@ class GuestActor:
         assert self._nursery is not None, "adopt() needs the actor running"
         pid = self._read_pid()
         saved = self._read_status()
+        if pid is not None and not saved:
+            saved = self._first_boot_record()
         if pid is not None and procwatch.pid_alive(pid):
             title = await procwatch.process_title(self.host, pid)
             if _is_bhyve_of(title, self.name) and self._vm_exists():
@@ -491,10 +496,22 @@ class GuestActor:
             return None
         return int(text) if text.isdigit() and int(text) > 0 else None
 
+    def _first_boot_record(self) -> dict[str, Any]:
+        """What a first launch, which writes no status file, leaves on record: boot 1,
+        running since its pid file was written."""
+        try:
+            written = os.stat(self.host.path(self.paths.pid_file(self.name))).st_mtime
+        except OSError:
+            return {}
+        return {"state": "running", "boot_count": 1, "uptime": 0.0, "written_at": written}
+
     def _read_status(self) -> dict[str, Any]:
         try:
             with open(self.host.path(self.paths.status_file(self.name))) as f:
                 data = json.load(f)
+        except FileNotFoundError:
+            self._status_absent = True
+            return {}
         except (OSError, ValueError):
             return {}
         return data if isinstance(data, dict) else {}
@@ -668,9 +685,22 @@ class GuestActor:
         if self.console is not None:
             self._boot_mark = self._ready_scanned = self.console.total
         self._apply(lc.Launched(pid=pid))
-        # Again with the new boot count: a later daemon adopting this bhyve reads it.
-        self._write_status()
+        if not self._nothing_to_record():
+            # Again with the new boot count: a later daemon adopting this bhyve reads it.
+            self._write_status()
         self._log.info("guest_started", pid=pid, boot=self.machine.boot_count)
+
+    def _nothing_to_record(self) -> bool:
+        """Whether this launch's status would say no more than its pid file does.
+
+        A first boot with no status file on disk: a daemon adopting the bhyve reads boot
+        1, no exit history, and the uptime from the pid file's age. Not writing it
+        spares a guest's first start one of its four file creations, which is what
+        starting every guest of a host at boot costs the most. A file left by an
+        earlier run is always replaced: its boot count would be read as this one's.
+        """
+        m = self.machine
+        return self._status_absent and m.boot_count == 1 and m.last_exit is None
 
     async def _launch_steps(self, plan: LaunchPlan, destroy_first: bool) -> int | None:
         try:
@@ -807,6 +837,7 @@ class GuestActor:
                 json.dumps(info, sort_keys=True).encode() + b"\n",
                 durable=False,
             )
+            self._status_absent = False
         except OSError as exc:
             self._log.warning("status_write_failed", error=exc.strerror)
 
