@@ -51,6 +51,7 @@ from supervisor.vmm import caps as capsmod
 from supervisor.vmm.argv import build_commands
 from supervisor.vmm.hostexec import run_tool, tool_env
 from supervisor.vmm.nvram import NvramHook
+from supervisor.vmm.platform import consolepair
 
 log = logsetup.get_logger("bhyvesupd")
 
@@ -465,7 +466,7 @@ class Daemon:
         from supervisor.rpc.server import group_policy, serve_unix
 
         _make_dirs(self.host, self.config)
-        async with trio.open_nursery() as nursery:
+        async with consolepair.session(self.host), trio.open_nursery() as nursery:
             self._nursery = nursery
             # The areas register their launch hooks here: before any actor is made or
             # adopts a guest, so every guest gets all of them.

@@ -7,13 +7,17 @@ before anything opens it.
 On FreeBSD the pair costs the daemon one open(2); here it costs a request to the
 relay. The request is made from the event loop (a connect, one line each way) so that
 a guest start does not also cost a worker thread; only when no relay answers yet is
-the blocking client used, in a thread, to start one.
+the blocking client used, in a thread, to start one. Within a :func:`session` (the
+daemon's lifetime) the requests share one connection: connecting and closing a
+socket per guest was most of what a pair cost the daemon.
 """
 
 from __future__ import annotations
 
 import os
 import socket
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 import trio
 
@@ -23,11 +27,72 @@ from supervisor.host import Host
 from supervisor.vmm.platform._nmdm import NmdmPath
 from supervisor.vmm.sim import nmdm
 
+#: The open sessions of this trio run: the simulated host's root -> its link.
+_LINKS: trio.lowlevel.RunVar[dict[str, _Link]] = trio.lowlevel.RunVar("nmdm_sim_links")
+
+
+class _Link:
+    """One connection to a relay, shared by the requests of a session, one at a time
+    (the relay answers a connection's requests in order)."""
+
+    def __init__(self, root: str) -> None:
+        self.root = root
+        self.sock: trio.socket.SocketType | None = None
+        self.lock = trio.Lock()
+
+    async def ask(self, request: dict[str, str]) -> bytes | None:
+        """The relay's answer line, or None when this link cannot be used (no relay
+        runs, or the one it knew has gone): ask the way a lone request does."""
+        async with self.lock:
+            if self.sock is None:
+                self.sock = await _connect(self.root)
+                if self.sock is None:
+                    return None
+            try:
+                with trio.fail_after(nmdm.REQUEST_TIMEOUT):
+                    line = await _exchange(self.sock, request)
+            except OSError:
+                line = b""
+            except trio.TooSlowError as exc:
+                self.close()
+                raise HostNotReadyError(
+                    f"nmdm relay of {self.root}: no answer to {request['op']!r}: timed out"
+                ) from exc
+            if not line.endswith(b"\n"):
+                self.close()  # a relay that went away: the next request reconnects
+                return None
+            return line
+
+    def close(self) -> None:
+        if self.sock is not None:
+            self.sock.close()
+            self.sock = None
+
+
+@asynccontextmanager
+async def session(host: Host) -> AsyncIterator[None]:
+    """Share one relay connection among this run's requests for *host*'s pairs."""
+    try:
+        links = _LINKS.get()
+    except LookupError:
+        links = {}
+        _LINKS.set(links)
+    link = links.setdefault(host.root, _Link(host.root))
+    try:
+        yield
+    finally:
+        if links.get(host.root) is link:
+            del links[host.root]
+        link.close()
+
 
 async def ensure_pair(host: Host, end: NmdmPath) -> None:
     """Have the simulated host's relay create the pair (starting the relay if needed)."""
     request = {"op": "ensure", "path": end.path}
-    line = await _ask_running_relay(host.root, request)
+    link = _LINKS.get({}).get(host.root)
+    line = None if link is None else await link.ask(request)
+    if line is None:
+        line = await _ask_running_relay(host.root, request)
     if line is None:
         # Blocking: it may start the relay process and waits for its answer.
         await trio.to_thread.run_sync(nmdm.ensure_pair, host.root, end.path)
@@ -35,43 +100,66 @@ async def ensure_pair(host: Host, end: NmdmPath) -> None:
     nmdm.decode_reply(host.root, request, line)
 
 
-async def _ask_running_relay(root: str, request: dict[str, str]) -> bytes | None:
-    """The relay's answer line to *request*, or None when no relay listens."""
+async def _connect(root: str) -> trio.socket.SocketType | None:
+    """A socket connected to *root*'s relay, or None when no relay listens.
+
+    Raises:
+        HostNotReadyError: the relay's queue stayed full for the request timeout.
+    """
     dir_fd = nmdm.open_control_dir(root)
     if dir_fd is None:
         return None
     raw = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
     raw.setblocking(False)
-    with trio.socket.from_stdlib_socket(raw) as sock:
+    sock = trio.socket.from_stdlib_socket(raw)
+    try:
+        with trio.fail_after(nmdm.REQUEST_TIMEOUT):
+            # A relay busy with many starts at once can have a full queue.
+            attempt = 0
+            while not try_connect(raw, nmdm.control_address(dir_fd)):
+                await trio.sleep(pause(attempt))
+                attempt += 1
+    except (FileNotFoundError, ConnectionRefusedError):
+        sock.close()
+        return None
+    except trio.TooSlowError as exc:
+        sock.close()
+        raise HostNotReadyError(
+            f"nmdm relay of {root}: accept queue full for {nmdm.REQUEST_TIMEOUT} s"
+        ) from exc
+    except BaseException:
+        sock.close()
+        raise
+    finally:
+        os.close(dir_fd)
+    return sock
+
+
+async def _exchange(sock: trio.socket.SocketType, request: dict[str, str]) -> bytes:
+    """Send *request*; its answer line (short when the relay hung up)."""
+    data = nmdm.encode_request(request)
+    while data:
+        data = data[await sock.send(data) :]
+    line = bytearray()
+    while not line.endswith(b"\n"):
+        chunk = await sock.recv(4096)
+        if not chunk:
+            break
+        line += chunk
+    return bytes(line)
+
+
+async def _ask_running_relay(root: str, request: dict[str, str]) -> bytes | None:
+    """The relay's answer line to *request* over a connection of its own, or None
+    when no relay listens."""
+    sock = await _connect(root)
+    if sock is None:
+        return None
+    with sock:
         try:
             with trio.fail_after(nmdm.REQUEST_TIMEOUT):
-                try:
-                    # A relay busy with many starts at once can have a full queue.
-                    attempt = 0
-                    while not try_connect(raw, nmdm.control_address(dir_fd)):
-                        await trio.sleep(pause(attempt))
-                        attempt += 1
-                finally:
-                    os.close(dir_fd)
-        except (FileNotFoundError, ConnectionRefusedError):
-            return None
-        except trio.TooSlowError as exc:
-            raise HostNotReadyError(
-                f"nmdm relay of {root}: accept queue full for {nmdm.REQUEST_TIMEOUT} s"
-            ) from exc
-        try:
-            with trio.fail_after(nmdm.REQUEST_TIMEOUT):
-                data = nmdm.encode_request(request)
-                while data:
-                    data = data[await sock.send(data) :]
-                line = bytearray()
-                while not line.endswith(b"\n"):
-                    chunk = await sock.recv(4096)
-                    if not chunk:
-                        break
-                    line += chunk
+                return await _exchange(sock, request)
         except (OSError, trio.TooSlowError) as exc:
             raise HostNotReadyError(
                 f"nmdm relay of {root}: no answer to {request['op']!r}: {exc or 'timed out'}"
             ) from exc
-        return bytes(line)

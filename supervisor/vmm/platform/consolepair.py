@@ -4,7 +4,8 @@ On FreeBSD the pair is nmdm(4): bhyve is given ``-l com1,/dev/nmdm<X>A`` and the
 supervisor opens ``/dev/nmdm<X>B``; devfs creates both nodes on the first lookup. On
 the simulated host there is no devfs clone handler, so the pair must be asked for
 first. :func:`ensure_pair` does whatever the host needs, :func:`open_console` opens the
-supervisor's end the same way on both.
+supervisor's end the same way on both; a long-lived user (the daemon) wraps its life
+in :func:`session` so that the simulated host's requests share one connection.
 
 The implementation is chosen once, here, from whether the host is rooted (simulated)
 and from the OS; nothing else in the supervisor asks.
@@ -14,7 +15,8 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 
 from supervisor.errors import HostNotReadyError, UnsupportedError
 from supervisor.host import Host
@@ -23,11 +25,13 @@ from supervisor.vmm.platform._nmdm import make_raw
 from supervisor.vmm.platform._nmdm import parse_nmdm_path as parse_nmdm_path
 
 _EnsurePair = Callable[[Host, NmdmPath], Awaitable[None]]
+_Session = Callable[[Host], AbstractAsyncContextManager[None]]
 
 #: How a real (unrooted) host and a simulated (rooted) host make a pair on this OS;
 #: None where that kind of host cannot exist here.
 _REAL: _EnsurePair | None = None
 _ROOTED: _EnsurePair | None = None
+_ROOTED_SESSION: _Session | None = None
 
 if sys.platform.startswith("freebsd"):
     from supervisor.vmm.platform import _nmdm_freebsd
@@ -37,6 +41,7 @@ elif sys.platform == "linux":
     from supervisor.vmm.platform import _nmdm_sim
 
     _ROOTED = _nmdm_sim.ensure_pair
+    _ROOTED_SESSION = _nmdm_sim.session
 
 #: How the supervisor opens its end: never our controlling tty, never blocking.
 OPEN_FLAGS = os.O_RDWR | os.O_NOCTTY | os.O_NONBLOCK | os.O_CLOEXEC
@@ -65,6 +70,17 @@ async def ensure_pair(host: Host, b_path: str) -> None:
             f"console pair {b_path}: nmdm pairs are not available on {kind} under {sys.platform}"
         )
     await make_pair(host, end)
+
+
+@asynccontextmanager
+async def session(host: Host) -> AsyncIterator[None]:
+    """Within it, :func:`ensure_pair` calls for *host* in this trio run share what they
+    can: on the simulated host, one connection to the relay. Nothing on FreeBSD."""
+    if host.is_rooted and _ROOTED_SESSION is not None:
+        async with _ROOTED_SESSION(host):
+            yield
+    else:
+        yield
 
 
 def open_console(host: Host, b_path: str) -> int:

@@ -180,3 +180,40 @@ async def test_a_dead_relay_is_replaced(host: Host) -> None:
     await consolepair.ensure_pair(host, "/dev/nmdm-c.1B")
     assert nmdm.relay_pid(host.root) not in (None, pid)
     os.close(consolepair.open_console(host, "/dev/nmdm-c.1B"))
+
+
+async def test_a_session_keeps_working_when_its_relay_dies(host: Host) -> None:
+    # The daemon's requests share one connection; a relay killed under it (its link
+    # now dead) must cost the next guest nothing but a new relay.
+    async with consolepair.session(host):
+        await consolepair.ensure_pair(host, "/dev/nmdm-a.1B")
+        await consolepair.ensure_pair(host, "/dev/nmdm-b.1B")
+        pid = nmdm.relay_pid(host.root)
+        assert pid is not None
+        os.kill(pid, 9)
+        with trio.fail_after(20):
+            while nmdm.relay_pid(host.root) is not None:  # noqa: ASYNC110 - another process
+                await trio.sleep(0.05)
+        await consolepair.ensure_pair(host, "/dev/nmdm-c.1B")
+        assert nmdm.relay_pid(host.root) not in (None, pid)
+        os.close(consolepair.open_console(host, "/dev/nmdm-c.1B"))
+        await consolepair.ensure_pair(host, "/dev/nmdm-d.1B")
+    assert {"/dev/nmdm-c.1A", "/dev/nmdm-d.1A"} <= set(nmdm.list_pairs(host.root))
+
+
+async def test_a_session_shares_one_connection(host: Host) -> None:
+    await consolepair.ensure_pair(host, "/dev/nmdm-a.1B")  # starts the relay
+    pid = nmdm.relay_pid(host.root)
+
+    def connections() -> int:
+        # The relay's sockets: its listener plus one per client connection.
+        return sum(
+            os.readlink(f"/proc/{pid}/fd/{fd}").startswith("socket:")
+            for fd in os.listdir(f"/proc/{pid}/fd")
+        )
+
+    async with consolepair.session(host):
+        for i in range(5):
+            await consolepair.ensure_pair(host, f"/dev/nmdm-s{i}.1B")
+        during = connections()
+    assert during == 2  # the listener and the session's connection
