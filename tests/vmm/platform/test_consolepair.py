@@ -169,14 +169,20 @@ async def test_with_the_relay_running_a_pair_costs_no_thread(
     os.close(consolepair.open_console(host, "/dev/nmdm-b3.1B"))
 
 
-async def test_a_dead_relay_is_replaced(host: Host) -> None:
-    await consolepair.ensure_pair(host, "/dev/nmdm-a.1B")
+async def kill_relay(host: Host) -> int:
+    """kill -9 the host's relay and wait until it has gone; its pid."""
     pid = nmdm.relay_pid(host.root)
     assert pid is not None
     os.kill(pid, 9)  # its socket file stays behind: connecting is refused
     with trio.fail_after(20):
         while nmdm.relay_pid(host.root) is not None:  # noqa: ASYNC110 - another process
             await trio.sleep(0.05)
+    return pid
+
+
+async def test_a_dead_relay_is_replaced(host: Host) -> None:
+    await consolepair.ensure_pair(host, "/dev/nmdm-a.1B")
+    pid = await kill_relay(host)
     await consolepair.ensure_pair(host, "/dev/nmdm-c.1B")
     assert nmdm.relay_pid(host.root) not in (None, pid)
     os.close(consolepair.open_console(host, "/dev/nmdm-c.1B"))
@@ -188,12 +194,7 @@ async def test_a_session_keeps_working_when_its_relay_dies(host: Host) -> None:
     async with consolepair.session(host):
         await consolepair.ensure_pair(host, "/dev/nmdm-a.1B")
         await consolepair.ensure_pair(host, "/dev/nmdm-b.1B")
-        pid = nmdm.relay_pid(host.root)
-        assert pid is not None
-        os.kill(pid, 9)
-        with trio.fail_after(20):
-            while nmdm.relay_pid(host.root) is not None:  # noqa: ASYNC110 - another process
-                await trio.sleep(0.05)
+        pid = await kill_relay(host)
         await consolepair.ensure_pair(host, "/dev/nmdm-c.1B")
         assert nmdm.relay_pid(host.root) not in (None, pid)
         os.close(consolepair.open_console(host, "/dev/nmdm-c.1B"))
