@@ -184,3 +184,39 @@ def test_a_first_boot_is_readopted_with_its_uptime_and_boot_count(
         third.wait_state("solo", "running")
     finally:
         stop_daemon(third)
+
+
+def test_a_running_guest_whose_pid_file_is_gone_is_adopted_not_destroyed(
+    tmp_path: Path, host_root: Path
+) -> None:
+    # Another simulated host on this machine runs a guest of the same name: the
+    # search for the lost bhyve must not take that one.
+    other_root = tmp_path / "other"
+    other = spawn_daemon(other_root, tmp_path / "other.out", "--no-examples")
+    log = tmp_path / "daemon.out"
+    first = spawn_daemon(host_root, log, "--no-examples")
+    try:
+        other.define("echo")
+        other_pid = other.call("domain.start", name="echo")["pid"]
+        first.define("echo")
+        pid = first.call("domain.start", name="echo")["pid"]
+        first.wait_console("echo", r"echo# ")
+        kill_daemon(first)
+        (host_root / "var/run/bhyvesupd/echo.pid").unlink()
+        second = spawn_daemon(host_root, log, "--no-examples")
+        try:
+            e = second.info("echo")
+            assert (e["state"], e["pid"]) == ("running", pid)
+            assert alive(pid)
+            assert second.vmm("echo").exists()
+            assert (host_root / "var/run/bhyvesupd/echo.pid").read_text().strip() == str(pid)
+            second.type("echo", "echo still-here")
+            second.wait_console("echo", "still-here")
+        finally:
+            stop_daemon(second)
+        assert alive(other_pid)
+    finally:
+        stop_daemon(other)
+        from supervisor.vmm.sim import teardown
+
+        teardown(str(other_root))

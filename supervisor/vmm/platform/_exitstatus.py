@@ -126,3 +126,17 @@ def parse_ps_title(output: str) -> str | None:
     if args.endswith(suffix):
         args = args[: -len(suffix)]
     return args or None
+
+
+def find_ps_titled(output: str, title: str) -> list[int]:
+    """The pids whose title is *title* in FreeBSD ``ps -ax -ww -o pid= -o comm= -o args=``
+    output (one process a line: pid, command name, arguments), in the order listed.
+
+    The arguments are read as :func:`parse_ps_title` reads them.
+    """
+    found = []
+    for line in output.splitlines():
+        pid_text, _, rest = line.strip().partition(" ")
+        if pid_text.isdigit() and parse_ps_title(rest) == title:
+            found.append(int(pid_text))
+    return found

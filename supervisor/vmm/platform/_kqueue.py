@@ -21,6 +21,7 @@ from supervisor.vmm.platform._exitstatus import (
     UNKNOWN,
     ExitInfo,
     decode_wait_status,
+    find_ps_titled,
     parse_ps_title,
 )
 
@@ -88,3 +89,17 @@ async def process_title(host: Host, pid: int) -> str | None:
     if result.returncode != 0:
         return None
     return parse_ps_title(result.stdout.decode("utf-8", "surrogateescape"))
+
+
+async def find_titled(host: Host, title: str) -> list[int]:
+    # Titles are per host here: one ps of every process says it.
+    result = await trio.run_process(
+        [host.tool("ps"), "-ax", "-ww", "-o", "pid=", "-o", "comm=", "-o", "args="],
+        stdin=subprocess.DEVNULL,
+        capture_stdout=True,
+        capture_stderr=True,
+        check=False,
+    )
+    if result.returncode != 0:
+        return []
+    return find_ps_titled(result.stdout.decode("utf-8", "surrogateescape"), title)

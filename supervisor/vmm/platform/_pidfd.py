@@ -88,3 +88,31 @@ def read_title(pid: int) -> str | None:
         return None
     title = cmdline.partition(b"\0")[0]
     return title.decode("utf-8", "surrogateescape") or None
+
+
+async def find_titled(host: Host, title: str) -> list[int]:
+    # One machine here may carry several simulated hosts with guests of the same
+    # name: a process counts for *host* only if it holds a file under its root (a
+    # bhyve holds its log, its disks, its console end).
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit() and read_title(int(entry)) == title:
+            pid = int(entry)
+            if not host.is_rooted or _holds_file_under(pid, host.root):
+                found.append(pid)
+    return sorted(found)
+
+
+def _holds_file_under(pid: int, root: str) -> bool:
+    prefix = os.path.join(os.path.realpath(root), "")
+    try:
+        fds = os.listdir(f"/proc/{pid}/fd")
+    except OSError:
+        return False
+    for fd in fds:
+        try:
+            if os.readlink(f"/proc/{pid}/fd/{fd}").startswith(prefix):
+                return True
+        except OSError:
+            continue
+    return False

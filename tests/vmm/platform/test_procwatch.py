@@ -308,3 +308,17 @@ def test_an_exit_is_either_known_with_one_outcome_or_unknown_with_none() -> None
 )
 def test_freebsd_ps_output_gives_the_title(output: str, title: str | None) -> None:
     assert procwatch.parse_ps_title(output) == title
+
+
+def test_a_lost_bhyve_is_found_by_title_in_freebsd_ps_output() -> None:
+    # ps -ax -ww -o pid= -o comm= -o args=, as FreeBSD prints it: pids right-aligned,
+    # a title set by setproctitle(3) followed by the command name in parentheses.
+    output = (
+        "    1 init     /sbin/init\n"
+        " 1234 bhyve    bhyve: web1 (bhyve)\n"
+        " 1240 bhyve    bhyve: web10 (bhyve)\n"
+        "12000 bhyve    /usr/sbin/bhyve -c 2 -m 1G web1\n"
+        "12001 vi       vi bhyve: web1\n"
+    )
+    assert procwatch.find_ps_titled(output, "bhyve: web1") == [1234]
+    assert procwatch.find_ps_titled(output, "bhyve: web2") == []
