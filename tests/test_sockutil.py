@@ -10,11 +10,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import trio
 
 from supervisor._sockutil import connect_unix, try_connect
+from supervisor._triosock import open_unix
 
 
-def _fill(address: str) -> list[socket.socket]:
+def fill_queue(address: str) -> list[socket.socket]:
     """Connect until the listener's queue refuses one more; the connected sockets."""
     held = []
     for _ in range(4096):
@@ -33,7 +35,7 @@ def busy(tmp_path: Path) -> Iterator[tuple[socket.socket, str, list[socket.socke
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     listener.bind(address)
     listener.listen(1)
-    held = _fill(address)
+    held = fill_queue(address)
     yield listener, address, held
     for s in held:
         s.close()
@@ -98,3 +100,27 @@ def test_connect_gives_up_at_its_timeout_naming_the_cause(
     s.settimeout(0.2)
     with s, pytest.raises(TimeoutError, match="accept queue full"):
         connect_unix(s, address, 0.2)
+
+
+async def test_on_the_event_loop_a_full_queue_is_waited_out_not_taken_for_connected(
+    busy: tuple[socket.socket, str, list[socket.socket]],
+) -> None:
+    listener, address, held = busy
+    with pytest.raises(trio.TooSlowError):
+        with trio.fail_after(0.2):
+            await open_unix(address)
+    for h in held:  # room in the queue: the next attempt connects, and the socket works
+        h.close()
+    while True:
+        try:
+            listener.setblocking(False)
+            listener.accept()[0].close()
+        except BlockingIOError:
+            break
+    with trio.fail_after(5):
+        sock = await open_unix(address)
+    with sock:
+        await sock.send(b"hello")
+        conn, _ = listener.accept()
+        with conn:
+            assert conn.recv(16) == b"hello"

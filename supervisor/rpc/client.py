@@ -61,6 +61,7 @@ def connect_unix(path: str, timeout: float | None = DEFAULT_TIMEOUT) -> socket.s
     Raises:
         DaemonNotRunningError: no socket at *path*, or nobody listening on it.
         PermissionDeniedError: the socket exists but this user may not open it.
+        RequestTimeoutError: the daemon's accept queue stayed full for *timeout* s.
         InvalidValueError: *path* is too long for a Unix socket address.
     """
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -76,6 +77,12 @@ def connect_unix(path: str, timeout: float | None = DEFAULT_TIMEOUT) -> socket.s
     except PermissionError:
         sock.close()
         raise PermissionDeniedError(f"permission denied on {path}") from None
+    except TimeoutError:
+        sock.close()
+        raise RequestTimeoutError(
+            f"the daemon at {path} did not accept the connection within {timeout:g} s "
+            "(its accept queue stayed full)"
+        ) from None
     except OSError as exc:
         sock.close()
         if exc.errno == errno.ENAMETOOLONG or "too long" in str(exc):

@@ -21,6 +21,7 @@ from typing import Any, Final
 import attrs
 import trio
 
+from supervisor._triosock import open_unix
 from supervisor.errors import InvalidValueError, PermissionDeniedError
 from supervisor.host import SOCKET_PATH
 from supervisor.rpc._streams import PrefixedStream
@@ -59,7 +60,7 @@ class _Waiter:
 
 async def _connect(path: str) -> trio.SocketStream:
     try:
-        return await trio.open_unix_socket(path)
+        return trio.SocketStream(await open_unix(path))
     except FileNotFoundError:
         raise DaemonNotRunningError(f"daemon not running (no socket at {path})") from None
     except ConnectionRefusedError:

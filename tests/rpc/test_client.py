@@ -20,6 +20,7 @@ from supervisor.rpc.protocol import RemoteProtocolError
 from supervisor.rpc.server import group_policy, serve_unix
 from supervisor.rpc.trio_client import open_client
 from tests.rpc.test_server import Gate, make_registry
+from tests.test_sockutil import fill_queue
 
 
 def stale_socket(path: Path) -> None:
@@ -42,6 +43,25 @@ def test_blocking_client_says_when_the_daemon_is_not_running(tmp_path: Path) -> 
 def test_blocking_client_refuses_a_path_too_long_for_a_socket(tmp_path: Path) -> None:
     with pytest.raises(InvalidValueError, match="socket path too long"):
         Client(str(tmp_path / ("x" * 200)))
+
+
+def test_blocking_client_says_when_the_daemon_cannot_take_the_connection(
+    tmp_path: Path,
+) -> None:
+    # A daemon so busy that its accept queue is full: the client waits for room, then
+    # gives up with an error that says so, not a socket that only looks connected.
+    path = tmp_path / "bus.sock"
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(str(path))
+    listener.listen(1)
+    held = fill_queue(str(path))
+    try:
+        with pytest.raises(RequestTimeoutError, match="accept queue stayed full"):
+            Client(str(path), timeout=0.3)
+    finally:
+        for s in held:
+            s.close()
+        listener.close()
 
 
 async def test_trio_client_says_when_the_daemon_is_not_running(tmp_path: Path) -> None:

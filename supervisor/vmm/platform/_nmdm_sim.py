@@ -15,13 +15,12 @@ socket per guest was most of what a pair cost the daemon.
 from __future__ import annotations
 
 import os
-import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import trio
 
-from supervisor._sockutil import pause, try_connect
+from supervisor._triosock import open_unix
 from supervisor.errors import HostNotReadyError
 from supervisor.host import Host
 from supervisor.vmm.platform._nmdm import NmdmPath
@@ -109,30 +108,18 @@ async def _connect(root: str) -> trio.socket.SocketType | None:
     dir_fd = nmdm.open_control_dir(root)
     if dir_fd is None:
         return None
-    raw = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
-    raw.setblocking(False)
-    sock = trio.socket.from_stdlib_socket(raw)
     try:
+        # A relay busy with many starts at once can have a full queue.
         with trio.fail_after(nmdm.REQUEST_TIMEOUT):
-            # A relay busy with many starts at once can have a full queue.
-            attempt = 0
-            while not try_connect(raw, nmdm.control_address(dir_fd)):
-                await trio.sleep(pause(attempt))
-                attempt += 1
+            return await open_unix(nmdm.control_address(dir_fd))
     except (FileNotFoundError, ConnectionRefusedError):
-        sock.close()
         return None
     except trio.TooSlowError as exc:
-        sock.close()
         raise HostNotReadyError(
             f"nmdm relay of {root}: accept queue full for {nmdm.REQUEST_TIMEOUT} s"
         ) from exc
-    except BaseException:
-        sock.close()
-        raise
     finally:
         os.close(dir_fd)
-    return sock
 
 
 async def _exchange(sock: trio.socket.SocketType, request: dict[str, str]) -> bytes:
