@@ -8,8 +8,8 @@ and the socket stays unconnected; a later connect may succeed. trio reads that
 their deadline. FreeBSD waits (or refuses) rather than returning ``EAGAIN``, so
 there the first attempt decides.
 
-No trio here: the simulated bhyve uses the blocking form, and an event loop builds
-its wait from :func:`try_connect` and :func:`pause`.
+No trio here: the simulated bhyve uses the blocking forms, and an event loop builds
+its wait from :func:`try_connect` and :func:`pause` (:mod:`supervisor._triosock`).
 """
 
 from __future__ import annotations
@@ -61,17 +61,24 @@ def connect_unix(sock: socket.socket, address: str, timeout: float | None) -> No
 
     Raises:
         TimeoutError: the listener's queue stayed full for *timeout* seconds.
-        OSError: any other connect failure, as ``connect`` raised it.
+        OSError: any other connect failure, as :func:`try_connect` raises it.
     """
     deadline = None if timeout is None else time.monotonic() + timeout
     attempt = 0
-    while True:
-        try:
-            sock.connect(address)
-            return
-        except BlockingIOError:
-            pass
+    while not try_connect(sock, address):
         if deadline is not None and time.monotonic() >= deadline:
             raise TimeoutError(errno.ETIMEDOUT, f"{address}: listener busy (accept queue full)")
         time.sleep(pause(attempt))
         attempt += 1
+
+
+def recv_line(sock: socket.socket) -> bytes:
+    """Read from the blocking *sock* up to and with a newline; what came before the
+    peer closed, if it closed first (so a line not ending in ``\\n`` was cut short)."""
+    line = bytearray()
+    while not line.endswith(b"\n"):
+        chunk = sock.recv(4096)
+        if not chunk:
+            break
+        line += chunk
+    return bytes(line)

@@ -413,20 +413,22 @@ class GuestActor:
         saved = self._read_status()
         if pid is not None and not saved:
             saved = self._first_boot_record()
+        refound = False
         if pid is None and self._vm_exists():
             # A VM with no pid file: its bhyve may still be running (the file was
             # removed by hand, or lost). Destroying the VM would kill it.
             pid = await procwatch.find_bhyve(self.host, self.name)
-            if pid is not None:
-                self._log.warning("pid_file_missing", pid=pid)
-                try:
-                    self._write_pid(pid)  # for the daemon after us
-                except OSError as exc:
-                    self._log.warning("pid_write_failed", error=exc.strerror)
+            refound = pid is not None
         if pid is not None and procwatch.pid_alive(pid):
             title = await procwatch.process_title(self.host, pid)
             if _is_bhyve_of(title, self.name) and self._vm_exists():
                 await self._take_over(pid, saved)
+                if refound:
+                    self._log.warning("pid_file_missing", pid=pid)
+                    try:
+                        self._write_pid(pid)  # for the daemon after us
+                    except OSError as exc:
+                        self._log.warning("pid_write_failed", error=exc.strerror)
                 return "adopted"
             self._log.warning("pid_file_stale", pid=pid, title=title)
             pid = None

@@ -22,6 +22,7 @@ from types import TracebackType
 from typing import Any, BinaryIO, Final, NoReturn
 
 from supervisor._sockutil import connect_unix as _connect_retrying
+from supervisor._sockutil import recv_line
 from supervisor.errors import InvalidValueError, PermissionDeniedError
 from supervisor.host import SOCKET_PATH
 from supervisor.rpc.errors import (
@@ -326,18 +327,13 @@ class Client:
             sock.sendmsg(
                 [b"F"], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [out_fd]))]
             )
-            line = bytearray()
-            while not line.endswith(b"\n"):
-                chunk = sock.recv(4096)
-                if not chunk:
-                    break
-                line += chunk
+            line = recv_line(sock)
         try:
             answer = json.loads(line)
             written = int(answer["written"])
         except (ValueError, KeyError, TypeError):
             raise ShortStreamError(
-                f"{method}: the daemon ended without saying what it wrote: {bytes(line)!r}"
+                f"{method}: the daemon ended without saying what it wrote: {line!r}"
             ) from None
         if written != reply["size"] or "error" in answer:
             raise ShortStreamError(

@@ -78,7 +78,7 @@ from typing import Any
 import attrs
 
 import supervisor
-from supervisor._sockutil import connect_unix
+from supervisor._sockutil import connect_unix, recv_line
 from supervisor.errors import HostNotReadyError, SupervisorError
 from supervisor.vmm.platform._nmdm import NmdmPath, make_raw, parse_nmdm_path
 
@@ -196,7 +196,7 @@ def _request(root: str, request: dict[str, Any], *, start: bool) -> dict[str, An
     with sock:
         try:
             sock.sendall(encode_request(request))
-            line = _recv_line(sock)
+            line = recv_line(sock)
         except OSError as exc:
             raise HostNotReadyError(
                 f"nmdm relay of {root}: no answer to {request['op']!r}: {exc}"
@@ -242,16 +242,6 @@ def control_address(dir_fd: int) -> str:
     return _socket_address(dir_fd)
 
 
-def _recv_line(sock: socket.socket) -> bytes:
-    chunks = bytearray()
-    while not chunks.endswith(b"\n"):
-        data = sock.recv(65536)
-        if not data:
-            break
-        chunks += data
-    return bytes(chunks)
-
-
 def _socket_address(dir_fd: int) -> str:
     # A Unix socket path is limited to 107 bytes and test directories run long; going
     # through the directory's descriptor keeps the address short wherever ROOT is.
@@ -259,9 +249,8 @@ def _socket_address(dir_fd: int) -> str:
 
 
 def _connect(root: str) -> socket.socket | None:
-    try:
-        dir_fd = os.open(_kernel_dir(root), os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
-    except FileNotFoundError:
+    dir_fd = open_control_dir(root)
+    if dir_fd is None:
         return None
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
     try:
