@@ -69,6 +69,11 @@ class State(enum.Enum):
     CRASHED = "crashed"
     FATAL = "fatal"
 
+    # Members are singletons compared by identity, so identity hashing agrees with
+    # equality; Enum's own __hash__ is Python code, and every table lookup, state set
+    # test and count of a state hashes one.
+    __hash__ = object.__hash__
+
     @property
     def active(self) -> bool:
         """Whether a loader or bhyve process may exist in this state."""

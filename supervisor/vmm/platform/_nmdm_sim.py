@@ -31,41 +31,76 @@ _LINKS: trio.lowlevel.RunVar[dict[str, _Link]] = trio.lowlevel.RunVar("nmdm_sim_
 
 
 class _Link:
-    """One connection to a relay, shared by the requests of a session, one at a time
-    (the relay answers a connection's requests in order)."""
+    """One connection to a relay, shared by the requests of a session.
+
+    Requests are combined: those made while an exchange is under way queue up, and the
+    next task to take the link sends them all at once and reads their answers (the
+    relay answers a connection's requests in order). Guests starting together cost
+    one round trip, not one each.
+    """
 
     def __init__(self, root: str) -> None:
         self.root = root
         self.sock: trio.socket.SocketType | None = None
         self.lock = trio.Lock()
+        self.queue: list[_Ask] = []
 
     async def ask(self, request: dict[str, str]) -> bytes | None:
         """The relay's answer line, or None when this link cannot be used (no relay
         runs, or the one it knew has gone): ask the way a lone request does."""
+        mine = _Ask(request)
+        self.queue.append(mine)
         async with self.lock:
+            if mine.answered:
+                return mine.line
+            batch, self.queue = self.queue, []
             if self.sock is None:
                 self.sock = await _connect(self.root)
-                if self.sock is None:
-                    return None
-            try:
-                with trio.fail_after(nmdm.REQUEST_TIMEOUT):
-                    line = await _exchange(self.sock, request)
-            except OSError:
-                line = b""
-            except trio.TooSlowError as exc:
-                self.close()
-                raise HostNotReadyError(
-                    f"nmdm relay of {self.root}: no answer to {request['op']!r}: timed out"
-                ) from exc
-            if not line.endswith(b"\n"):
+            lines: list[bytes] = []
+            if self.sock is not None:
+                try:
+                    with trio.fail_after(nmdm.REQUEST_TIMEOUT):
+                        lines = await _exchange_all(self.sock, [a.request for a in batch])
+                except OSError:
+                    pass
+                except trio.TooSlowError as exc:
+                    self.close()
+                    for a in batch:
+                        a.answer(None)
+                    raise HostNotReadyError(
+                        f"nmdm relay of {self.root}: no answer to {request['op']!r}: timed out"
+                    ) from exc
+                except BaseException:
+                    # Cancelled half-way: what the relay sends next answers nobody.
+                    self.close()
+                    for a in batch:
+                        a.answer(None)
+                    raise
+            if len(lines) < len(batch):
                 self.close()  # a relay that went away: the next request reconnects
-                return None
-            return line
+            for i, a in enumerate(batch):
+                a.answer(lines[i] if i < len(lines) else None)
+            return mine.line
 
     def close(self) -> None:
         if self.sock is not None:
             self.sock.close()
             self.sock = None
+
+
+class _Ask:
+    """A request waiting for its answer (None: ask another way)."""
+
+    __slots__ = ("answered", "line", "request")
+
+    def __init__(self, request: dict[str, str]) -> None:
+        self.request = request
+        self.answered = False
+        self.line: bytes | None = None
+
+    def answer(self, line: bytes | None) -> None:
+        self.answered = True
+        self.line = line
 
 
 @asynccontextmanager
@@ -124,16 +159,27 @@ async def _connect(root: str) -> trio.socket.SocketType | None:
 
 async def _exchange(sock: trio.socket.SocketType, request: dict[str, str]) -> bytes:
     """Send *request*; its answer line (short when the relay hung up)."""
-    data = nmdm.encode_request(request)
+    lines = await _exchange_all(sock, [request])
+    return lines[0] if lines else b""
+
+
+async def _exchange_all(
+    sock: trio.socket.SocketType, requests: list[dict[str, str]]
+) -> list[bytes]:
+    """Send *requests* in one write; their answer lines, in order (fewer when the relay
+    hung up first)."""
+    data = b"".join(nmdm.encode_request(r) for r in requests)
     while data:
         data = data[await sock.send(data) :]
-    line = bytearray()
-    while not line.endswith(b"\n"):
-        chunk = await sock.recv(4096)
+    lines: list[bytes] = []
+    pending = b""
+    while len(lines) < len(requests):
+        chunk = await sock.recv(65536)
         if not chunk:
             break
-        line += chunk
-    return bytes(line)
+        *complete, pending = (pending + chunk).split(b"\n")
+        lines.extend(line + b"\n" for line in complete)
+    return lines
 
 
 async def _ask_running_relay(root: str, request: dict[str, str]) -> bytes | None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import signal
 import termios
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,7 +14,7 @@ import trio
 
 from supervisor.errors import HostNotReadyError, InvalidValueError, UnsupportedError
 from supervisor.host import FREEBSD, Host
-from supervisor.vmm.platform import consolepair
+from supervisor.vmm.platform import _nmdm_sim, consolepair
 from supervisor.vmm.platform.consolepair import NmdmPath
 from supervisor.vmm.sim import nmdm
 
@@ -218,3 +219,60 @@ async def test_a_session_shares_one_connection(host: Host) -> None:
             await consolepair.ensure_pair(host, f"/dev/nmdm-s{i}.1B")
         during = connections()
     assert during == 2  # the listener and the session's connection
+
+
+async def test_a_session_answers_guests_starting_together(
+    host: Host, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A host's guests start at once: their requests go over the session's one
+    # connection, none falling back to a connection of its own.
+    await consolepair.ensure_pair(host, "/dev/nmdm-a.1B")  # starts the relay
+
+    async def no_lone_requests(*args: object) -> None:
+        raise AssertionError("a request left the session's connection")
+
+    monkeypatch.setattr(_nmdm_sim, "_ask_running_relay", no_lone_requests)
+    async with consolepair.session(host), trio.open_nursery() as nursery:
+        for i in range(60):
+            nursery.start_soon(consolepair.ensure_pair, host, f"/dev/nmdm-t{i}.1B")
+    assert {f"/dev/nmdm-t{i}.1A" for i in range(60)} <= set(nmdm.list_pairs(host.root))
+
+
+async def test_a_request_cancelled_mid_exchange_spoils_no_other(
+    host: Host, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A launch cancelled while its request is on the wire (a guest destroyed as it
+    # starts): the answer still to come must not be taken for another guest's, and the
+    # guests queued behind it get their pairs over the session's next connection.
+    await consolepair.ensure_pair(host, "/dev/nmdm-a.1B")
+    relay = nmdm.relay_pid(host.root)
+    assert relay is not None
+
+    async def no_lone_requests(*args: object) -> None:
+        raise AssertionError("a request left the session's connection")
+
+    async with consolepair.session(host):
+        await consolepair.ensure_pair(host, "/dev/nmdm-warm.1B")  # the link is up
+        monkeypatch.setattr(_nmdm_sim, "_ask_running_relay", no_lone_requests)
+        first = trio.CancelScope()
+
+        async def cancelled() -> None:
+            with first:
+                await consolepair.ensure_pair(host, "/dev/nmdm-x.1B")
+
+        os.kill(relay, signal.SIGSTOP)  # the answer stays on the way
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(cancelled)
+                await trio.testing.wait_all_tasks_blocked()
+                for i in range(10):
+                    nursery.start_soon(consolepair.ensure_pair, host, f"/dev/nmdm-y{i}.1B")
+                await trio.testing.wait_all_tasks_blocked()
+                first.cancel()
+                await trio.testing.wait_all_tasks_blocked()
+                os.kill(relay, signal.SIGCONT)
+        finally:
+            os.kill(relay, signal.SIGCONT)
+        assert first.cancelled_caught
+    for i in range(10):
+        os.close(consolepair.open_console(host, f"/dev/nmdm-y{i}.1B"))
