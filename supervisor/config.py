@@ -10,11 +10,10 @@ from __future__ import annotations
 import grp
 import os
 import tomllib
-from typing import Literal
+import typing
+from typing import Any, Literal, TypeVar
 
 import attrs
-import cattrs
-from cattrs.preconf.json import make_converter
 
 from supervisor import host as _host
 from supervisor.errors import ConfigError
@@ -86,7 +85,48 @@ class Config:
         return int(self.daemon.socket_mode, 8)
 
 
-_converter = make_converter(forbid_extra_keys=True)
+_S = TypeVar("_S")
+
+
+def _structure(raw: Any, cls: type[_S], where: str) -> _S:
+    """*raw* (a TOML table) as the attrs class *cls*: every key known, every value of its
+    field's type. Errors name the key as ``SECTION.KEY``; *where* is the table's own."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: expected a table, got {raw!r}", field=where)
+    prefix = f"{where}." if where else ""
+    fields = attrs.fields_dict(cls)  # type: ignore[arg-type]
+    unknown = sorted(set(raw) - set(fields))
+    if unknown:
+        key = prefix + unknown[0]
+        raise ConfigError(f"{key}: unknown key (known: {', '.join(fields)})", field=key)
+    hints = typing.get_type_hints(cls)
+    values = {}
+    for name, value in raw.items():
+        key = prefix + name
+        kind = hints[name]
+        if attrs.has(kind):
+            values[name] = _structure(value, kind, key)
+        else:
+            values[name] = _check_value(value, kind, key)
+    return cls(**values)
+
+
+def _check_value(value: Any, kind: Any, key: str) -> Any:
+    if typing.get_origin(kind) is Literal:
+        choices = typing.get_args(kind)
+        if value not in choices:
+            raise ConfigError(
+                f"{key}: {value!r} is not one of {', '.join(map(repr, choices))}", field=key
+            )
+        return value
+    if kind is float and isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    if isinstance(value, kind) and not (kind is int and isinstance(value, bool)):
+        return value
+    raise ConfigError(f"{key}: expected {_KIND_NAMES[kind]}, got {value!r}", field=key)
+
+
+_KIND_NAMES = {str: "a string", int: "an integer", float: "a number"}
 
 
 def parse_config(text: str, *, source: str = "<config>") -> Config:
@@ -101,10 +141,9 @@ def parse_config(text: str, *, source: str = "<config>") -> Config:
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{source}: {exc}") from None
     try:
-        config = _converter.structure(raw, Config)
-    except cattrs.ClassValidationError as exc:
-        details = "; ".join(cattrs.transform_error(exc, path="config"))
-        raise ConfigError(f"{source}: {details}") from None
+        config = _structure(raw, Config, "")
+    except ConfigError as exc:
+        raise ConfigError(f"{source}: {exc}", field=exc.field) from None
     try:
         mode = config.socket_mode
     except ValueError:

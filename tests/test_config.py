@@ -26,6 +26,18 @@ def test_values_are_read() -> None:
     assert config.guests.console_ring == 4096
 
 
+def test_a_whole_number_is_taken_where_a_number_is_wanted() -> None:
+    config = parse_config("[daemon]\nshutdown_budget = 45\n")
+    assert config.daemon.shutdown_budget == 45.0
+    assert isinstance(config.daemon.shutdown_budget, float)
+
+
+def test_the_error_carries_the_key_for_clients() -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_config("[guests]\nmailbox_size = 'many'\n")
+    assert info.value.field == "guests.mailbox_size"
+
+
 @pytest.mark.parametrize(
     ("text", "named"),
     [
@@ -35,6 +47,10 @@ def test_values_are_read() -> None:
         ("[daemon]\nsocket_mode = '99'\n", "socket_mode"),
         ("[daemon]\nsocket_group = 'no-such-group-xyz'\n", "socket_group"),
         ("[daemon\n", "bhyvesupd.toml"),
+        ("[guests]\nconsole_ring = true\n", "guests.console_ring: expected an integer"),
+        ("[network]\nipfw_set = 2.5\n", "network.ipfw_set: expected an integer"),
+        ("[daemons]\nsocket = 'x'\n", "daemons: unknown key"),
+        ("daemon = 'x'\n", "daemon: expected a table"),
     ],
 )
 def test_bad_config_names_the_key(text: str, named: str) -> None:

@@ -227,8 +227,13 @@ class ConsoleLog:
 
     def write(self, data: bytes) -> None:
         if self._fd is None:
-            os.makedirs(os.path.dirname(self.path), exist_ok=True)
-            self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
+            flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC
+            try:
+                self._fd = os.open(self.path, flags, 0o640)
+            except FileNotFoundError:
+                # Made only when missing: a guest's first output must not cost a mkdir.
+                os.makedirs(os.path.dirname(self.path), exist_ok=True)
+                self._fd = os.open(self.path, flags, 0o640)
             self._size = os.fstat(self._fd).st_size
         os.write(self._fd, data)
         self._size += len(data)

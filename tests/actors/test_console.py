@@ -304,3 +304,27 @@ async def test_a_console_flood_reaches_a_reader_and_the_log_byte_for_byte(
     finally:
         await console.aclose()
         teardown(str(root))
+
+
+# -- the console log ---------------------------------------------------------------------------
+
+
+def test_the_console_log_makes_its_directory_on_first_output(tmp_path: Path) -> None:
+    path = tmp_path / "log" / "guests" / "g.console.log"
+    log = ConsoleLog(str(path), 1 << 20, 1)
+    log.write(b"FreeBSD/amd64 (g) (ttyu0)\n")
+    log.write(b"login: ")
+    log.close()
+    assert path.read_bytes() == b"FreeBSD/amd64 (g) (ttyu0)\nlogin: "
+
+
+def test_the_console_log_rotates_by_size_and_keeps_what_it_is_told(tmp_path: Path) -> None:
+    path = tmp_path / "g.console.log"
+    log = ConsoleLog(str(path), 100, 2)
+    for i in range(7):
+        log.write(f"{i}".encode() * 60)  # each write but the first crosses 100 bytes
+    log.close()
+    assert path.read_bytes() == b"6" * 60
+    assert (tmp_path / "g.console.log.1").read_bytes() == b"4" * 60 + b"5" * 60
+    assert (tmp_path / "g.console.log.2").read_bytes() == b"2" * 60 + b"3" * 60
+    assert not (tmp_path / "g.console.log.3").exists()
