@@ -11,7 +11,9 @@ Figures, each for both supervisors where the peer has one:
 - one guest's ``domain.get_info`` round trip (vs ``getProcessInfo``);
 - ``bhyvesupctl status`` wall time vs ``supervisorctl status``.
 
-The two run one after the other in this one process tree, so the machine is the same.
+The two run one after the other in this one process tree, so the machine is the same,
+each with its runtime files on tmpfs (see ``bench.common.memory_fs``); the cost of
+creating a file there is printed for both runs.
 """
 
 from __future__ import annotations
@@ -34,7 +36,9 @@ from bench.common import (
     SimHost,
     Supervisord,
     cpu_seconds,
+    create_cost_us,
     median,
+    memory_fs,
     percentile,
     pss_bytes,
     report,
@@ -69,7 +73,8 @@ def _cli_wall(argv: list[str], runs: int, env: dict[str, str] | None = None) -> 
 
 def run_bhyvesupd(n: int, idle_window: float, calls: int, cli_runs: int) -> dict[str, Any]:
     res: dict[str, Any] = {}
-    with temp_root("bench-scale-") as d:
+    with temp_root("bench-scale-", memory_fs()) as d:
+        res["create_us"] = create_cost_us(d)
         sim = SimHost(d / "host")
         sim.define_files(n)
         res["argv"] = sim.bhyve_argv(sim.names[0])
@@ -121,7 +126,8 @@ def run_supervisord(
     cli_runs: int,
 ) -> dict[str, Any]:
     res: dict[str, Any] = {}
-    with temp_root("bench-scale-sd-") as d:
+    with temp_root("bench-scale-sd-", memory_fs()) as d:
+        res["create_us"] = create_cost_us(d)
         sim = SimHost(d / "host")
         names = sim.define_files(n, autostart=False)
         programs = {}
@@ -187,6 +193,13 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
         report("scale.guests", n, "guests"),
         report("scale.bhyve_light_rss", ours["bhyve_rss"] / MB, "MB"),
         report("scale.bhyve_light_pss", ours["bhyve_pss"] / MB, "MB"),
+        report(
+            "scale.file_create_cost",
+            ours["create_us"],
+            "us",
+            peer=peer["create_us"],
+            peer_name=f"{sd}'s run",
+        ),
         report(
             f"scale.start_all_wall[{n}]",
             ours["start_wall"],
