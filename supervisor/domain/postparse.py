@@ -96,9 +96,15 @@ def _draft(domain: Domain, **changes: Any) -> Domain:
     definition took to load went into validating drafts).
     """
     new = object.__new__(Domain)
+    put = object.__setattr__
     for name in _DOMAIN_FIELDS:
-        object.__setattr__(new, name, changes[name] if name in changes else getattr(domain, name))
+        put(new, name, changes[name] if name in changes else getattr(domain, name))
     return new
+
+
+def _same(new: Sequence[object], old: Sequence[object]) -> bool:
+    """Whether a step's *new* items are the very *old* ones (nothing to draft)."""
+    return len(new) == len(old) and all(a is b for a, b in zip(new, old, strict=True))
 
 
 def post_parse(domain: Domain, caps: Capabilities = DEFAULT, ids: IdSource | None = None) -> Domain:
@@ -110,12 +116,16 @@ def post_parse(domain: Domain, caps: Capabilities = DEFAULT, ids: IdSource | Non
         InvalidValueError: two ``<boot>`` styles at once, or no PCI slot left.
     """
     ids = ids or IdSource()
+    # Each step drafts only what it changes: a draft copies every field of the domain.
+    defaults: dict[str, Any] = {}
     if domain.uuid is None:
-        domain = _draft(domain, uuid=ids.uuid())
+        defaults["uuid"] = ids.uuid()
     if domain.os.arch is None:
-        domain = _draft(domain, os=attrs.evolve(domain.os, arch="x86_64"))
+        defaults["os"] = attrs.evolve(domain.os, arch="x86_64")
     if domain.current_memory_kib is None or domain.current_memory_kib > domain.memory_kib:
-        domain = _draft(domain, current_memory_kib=domain.memory_kib)
+        defaults["current_memory_kib"] = domain.memory_kib
+    if defaults:
+        domain = _draft(domain, **defaults)
     domain = _serial_console_compat(domain)
     domain = _implicit_bridges(domain)
     domain = _device_defaults(domain, caps, ids)
@@ -168,8 +178,18 @@ def _add_controller(domain: Domain, new: Controller) -> Domain:
     return _draft(domain, controllers=_insert_controller(domain.controllers, new))
 
 
+def _with_controllers(
+    controllers: tuple[Controller, ...], wanted: Sequence[Controller]
+) -> tuple[Controller, ...]:
+    """*controllers* plus those of *wanted* whose type and index are missing."""
+    for new in wanted:
+        if not any(c.type == new.type and c.index == new.index for c in controllers):
+            controllers = _insert_controller(controllers, new)
+    return controllers
+
+
 def _implicit_bridges(domain: Domain) -> Domain:
-    domain = _add_controller(domain, Controller(type="pci", index=0, model="pci-root"))
+    wanted = [Controller(type="pci", index=0, model="pci-root")]
     needs_lpc = (
         domain.uses_bootrom
         or bool(domain.serials)
@@ -179,8 +199,11 @@ def _implicit_bridges(domain: Domain) -> Domain:
         or bool(domain.graphics)
     )
     if needs_lpc and domain.os.arch != "aarch64":
-        domain = _add_controller(domain, Controller(type="isa", index=0))
-    return domain
+        wanted.append(Controller(type="isa", index=0))
+    controllers = _with_controllers(domain.controllers, wanted)
+    if controllers is domain.controllers:
+        return domain
+    return _draft(domain, controllers=controllers)
 
 
 def _device_defaults(domain: Domain, caps: Capabilities, ids: IdSource) -> Domain:
@@ -224,16 +247,20 @@ def _device_defaults(domain: Domain, caps: Capabilities, ids: IdSource) -> Domai
     rngs = tuple(
         attrs.evolve(r, source="/dev/random") if r.source is None else r for r in domain.rngs
     )
-    return _draft(
-        domain,
-        rngs=rngs,
-        disks=tuple(disks),
-        videos=videos,
-        interfaces=interfaces,
-        serials=serials,
-        consoles=consoles,
-        channels=channels,
-    )
+    changed = {
+        name: new
+        for name, new in (
+            ("rngs", rngs),
+            ("disks", tuple(disks)),
+            ("videos", videos),
+            ("interfaces", interfaces),
+            ("serials", serials),
+            ("consoles", consoles),
+            ("channels", channels),
+        )
+        if not _same(new, getattr(domain, name))
+    }
+    return _draft(domain, **changed) if changed else domain
 
 
 def _nmdm_defaults(serial: Serial, uuid: str | None) -> Serial:
