@@ -33,8 +33,16 @@ def guest_xml(
     policy: str = "",
     vcpus: int = 1,
     bhyveload: bool = False,
+    bhyve_args: tuple[str, ...] = (),
 ) -> str:
-    """A guest with one disk and an nmdm console; UEFI unless *bhyveload*."""
+    """A guest with one disk and an nmdm console; UEFI unless *bhyveload*; *bhyve_args*
+    go to bhyve as ``<bhyve:commandline>`` arguments."""
+    commandline = "".join(f"<bhyve:arg value='{a}'/>" for a in bhyve_args)
+    if commandline:
+        commandline = (
+            "<bhyve:commandline xmlns:bhyve='http://libvirt.org/schemas/domain/bhyve/1.0'>"
+            f"{commandline}</bhyve:commandline>"
+        )
     loader = (
         ""
         if bhyveload
@@ -62,6 +70,7 @@ def guest_xml(
       <source master='/dev/nmdm-{name}.1A' slave='/dev/nmdm-{name}.1B'/>
     </serial>
   </devices>
+  {commandline}
 </domain>
 """
 

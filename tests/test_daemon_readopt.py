@@ -220,3 +220,31 @@ def test_a_running_guest_whose_pid_file_is_gone_is_adopted_not_destroyed(
         from supervisor.vmm.sim import teardown
 
         teardown(str(other_root))
+
+
+@pytest.mark.parametrize("pid_file", ["kept", "lost"])
+def test_a_bhyve_killed_with_its_daemon_before_its_title_is_adopted(
+    tmp_path: Path, host_root: Path, pid_file: str
+) -> None:
+    # bhyve creates its VM, sets up its devices and only then sets its title: a
+    # daemon restarted in between (rc.d restart while guests boot) must take that
+    # bhyve over by the command it still shows, not destroy its VM as a leftover.
+    log = tmp_path / "daemon.out"
+    first = spawn_daemon(host_root, log, "--no-examples")
+    first.define("slow", bhyve_args=("-o", "bhyvesim.title_delay=30"))
+    pid = first.call("domain.start", name="slow")["pid"]
+    first.wait_for("slow's VM", lambda: first.vmm("slow").exists())
+    kill_daemon(first)
+    if pid_file == "lost":
+        (host_root / "var/run/bhyvesupd/slow.pid").unlink()
+    with open(f"/proc/{pid}/cmdline", "rb") as f:
+        assert not f.read().startswith(b"bhyve: ")  # still untitled
+    second = spawn_daemon(host_root, log, "--no-examples")
+    try:
+        s = second.info("slow")
+        assert (s["state"], s["pid"]) == ("running", pid)
+        assert alive(pid)
+        assert second.vmm("slow").exists()
+        assert (host_root / "var/run/bhyvesupd/slow.pid").read_text().strip() == str(pid)
+    finally:
+        stop_daemon(second)

@@ -420,8 +420,7 @@ class GuestActor:
             pid = await procwatch.find_bhyve(self.host, self.name)
             refound = pid is not None
         if pid is not None and procwatch.pid_alive(pid):
-            title = await procwatch.process_title(self.host, pid)
-            if _is_bhyve_of(title, self.name) and self._vm_exists():
+            if await procwatch.is_bhyve(self.host, pid, self.name) and self._vm_exists():
                 await self._take_over(pid, saved)
                 if refound:
                     self._log.warning("pid_file_missing", pid=pid)
@@ -430,6 +429,7 @@ class GuestActor:
                     except OSError as exc:
                         self._log.warning("pid_write_failed", error=exc.strerror)
                 return "adopted"
+            title = await procwatch.process_title(self.host, pid)
             self._log.warning("pid_file_stale", pid=pid, title=title)
             pid = None
         if pid is not None:
@@ -872,14 +872,6 @@ def _is_host_fault(exc: BaseException) -> bool:
             return True
         seen = seen.__cause__ or seen.__context__
     return False
-
-
-def _is_bhyve_of(title: str | None, name: str) -> bool:
-    # "bhyve: web1" (the simulated host), "bhyve: web1 (bhyve)" (FreeBSD's ps -o args);
-    # never "bhyve: web10".
-    if title is None:
-        return False
-    return title == f"bhyve: {name}" or title.startswith(f"bhyve: {name} (")
 
 
 def _history(saved: dict[str, Any]) -> dict[str, Any]:

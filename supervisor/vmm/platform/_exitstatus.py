@@ -140,3 +140,32 @@ def find_ps_titled(output: str, title: str) -> list[int]:
         if pid_text.isdigit() and parse_ps_title(rest) == title:
             found.append(int(pid_text))
     return found
+
+
+def is_bhyve_of(comm: str, args: str, name: str) -> bool:
+    """Whether a process with command name *comm* and arguments *args* (as
+    :func:`parse_ps_title` reads them) is the bhyve of the VM *name*.
+
+    bhyve sets its title (``bhyve: web1``) only at the end of its start-up, after it
+    has created the VM and set up its devices; until then it shows the command it was
+    started with, whose last argument is the VM's name. Both count: a daemon starting
+    in that window must take the bhyve over, not destroy its VM as a leftover. Never
+    ``bhyve: web10`` for ``web1``, nor a loader (``bhyveload ... web1``).
+    """
+    if args == f"bhyve: {name}" or args.startswith(f"bhyve: {name} ("):
+        return True
+    words = args.split()
+    return comm == "bhyve" and len(words) >= 2 and words[-1] == name
+
+
+def find_ps_bhyve(output: str, name: str) -> list[int]:
+    """The pids in FreeBSD ``ps -ax -ww -o pid= -o comm= -o args=`` output that
+    :func:`is_bhyve_of` the VM *name*, in the order listed."""
+    found = []
+    for line in output.splitlines():
+        pid_text, _, rest = line.strip().partition(" ")
+        comm = rest.lstrip().partition(" ")[0]
+        args = parse_ps_title(rest)
+        if pid_text.isdigit() and args is not None and is_bhyve_of(comm, args, name):
+            found.append(int(pid_text))
+    return found

@@ -21,7 +21,7 @@ from supervisor.vmm.platform._exitstatus import (
     UNKNOWN,
     ExitInfo,
     decode_wait_status,
-    find_ps_titled,
+    find_ps_bhyve,
     parse_ps_title,
 )
 
@@ -79,6 +79,11 @@ def is_zombie(pid: int) -> bool:
 
 
 async def process_title(host: Host, pid: int) -> str | None:
+    identity = await process_identity(host, pid)
+    return None if identity is None else identity[1]
+
+
+async def process_identity(host: Host, pid: int) -> tuple[str, str] | None:
     result = await trio.run_process(
         [host.tool("ps"), "-ww", "-o", "comm=", "-o", "args=", "-p", str(pid)],
         stdin=subprocess.DEVNULL,
@@ -88,11 +93,15 @@ async def process_title(host: Host, pid: int) -> str | None:
     )
     if result.returncode != 0:
         return None
-    return parse_ps_title(result.stdout.decode("utf-8", "surrogateescape"))
+    line = result.stdout.decode("utf-8", "surrogateescape")
+    args = parse_ps_title(line)
+    if args is None:
+        return None
+    return line.lstrip().partition(" ")[0], args
 
 
-async def find_titled(host: Host, title: str) -> list[int]:
-    # Titles are per host here: one ps of every process says it.
+async def find_bhyves(host: Host, name: str) -> list[int]:
+    # Processes are per host here: one ps of every process says it.
     result = await trio.run_process(
         [host.tool("ps"), "-ax", "-ww", "-o", "pid=", "-o", "comm=", "-o", "args="],
         stdin=subprocess.DEVNULL,
@@ -102,4 +111,4 @@ async def find_titled(host: Host, title: str) -> list[int]:
     )
     if result.returncode != 0:
         return []
-    return find_ps_titled(result.stdout.decode("utf-8", "surrogateescape"), title)
+    return find_ps_bhyve(result.stdout.decode("utf-8", "surrogateescape"), name)

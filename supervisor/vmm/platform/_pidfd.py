@@ -16,7 +16,7 @@ import os
 import trio
 
 from supervisor.host import Host
-from supervisor.vmm.platform._exitstatus import UNKNOWN, ExitInfo, parse_status_text
+from supervisor.vmm.platform._exitstatus import UNKNOWN, ExitInfo, is_bhyve_of, parse_status_text
 
 #: Where the simulated bhyve leaves its outcome (a FreeBSD path of the simulated host).
 STATUS_DIR = "/var/run/bhyvesim"
@@ -90,13 +90,37 @@ def read_title(pid: int) -> str | None:
     return title.decode("utf-8", "surrogateescape") or None
 
 
-async def find_titled(host: Host, title: str) -> list[int]:
+def read_identity(pid: int) -> tuple[str, str] | None:
+    """Process *pid*'s command name and arguments, as FreeBSD's ``ps -o comm= -o args=``
+    gives them: the title once one is set (it overwrites the arguments), else the
+    command line, its words separated by spaces."""
+    try:
+        with open(f"/proc/{pid}/comm", "rb") as f:
+            comm = f.read().rstrip(b"\n")
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            cmdline = f.read()
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    args = b" ".join(part for part in cmdline.split(b"\0") if part)
+    if not args:
+        return None
+    return comm.decode("utf-8", "surrogateescape"), args.decode("utf-8", "surrogateescape")
+
+
+async def process_identity(host: Host, pid: int) -> tuple[str, str] | None:
+    return read_identity(pid)
+
+
+async def find_bhyves(host: Host, name: str) -> list[int]:
     # One machine here may carry several simulated hosts with guests of the same
     # name: a process counts for *host* only if it holds a file under its root (a
     # bhyve holds its log, its disks, its console end).
     found = []
     for entry in os.listdir("/proc"):
-        if entry.isdigit() and read_title(int(entry)) == title:
+        if not entry.isdigit():
+            continue
+        identity = read_identity(int(entry))
+        if identity is not None and is_bhyve_of(*identity, name):
             pid = int(entry)
             if not host.is_rooted or _holds_file_under(pid, host.root):
                 found.append(pid)

@@ -21,8 +21,9 @@ from supervisor.host import Host
 from supervisor.vmm.platform._exitstatus import UNKNOWN as UNKNOWN
 from supervisor.vmm.platform._exitstatus import ExitInfo as ExitInfo
 from supervisor.vmm.platform._exitstatus import decode_wait_status as decode_wait_status
-from supervisor.vmm.platform._exitstatus import find_ps_titled as find_ps_titled
+from supervisor.vmm.platform._exitstatus import find_ps_bhyve as find_ps_bhyve
 from supervisor.vmm.platform._exitstatus import format_status_text as format_status_text
+from supervisor.vmm.platform._exitstatus import is_bhyve_of as is_bhyve_of
 from supervisor.vmm.platform._exitstatus import parse_ps_title as parse_ps_title
 from supervisor.vmm.platform._exitstatus import parse_status_text as parse_status_text
 
@@ -99,15 +100,26 @@ async def process_title(host: Host, pid: int) -> str | None:
     return await _impl.process_title(host, pid)
 
 
+async def is_bhyve(host: Host, pid: int, name: str) -> bool:
+    """Whether process *pid* is the bhyve of the VM *name*: titled ``bhyve: NAME``, or
+    still showing the command it was started with, in the window before bhyve sets its
+    title (see :func:`is_bhyve_of`).
+
+    Raises:
+        InvalidValueError: *pid* is not a positive integer.
+    """
+    _check_pid(pid)
+    identity = await _impl.process_identity(host, pid)
+    return identity is not None and is_bhyve_of(*identity, name)
+
+
 async def find_bhyve(host: Host, name: str) -> int | None:
-    """The pid of a running bhyve titled ``bhyve: NAME`` on *host*, or None.
+    """The pid of the running bhyve of the VM *name* on *host* (see :func:`is_bhyve`),
+    or None.
 
     For a guest whose pid file is gone while its VM exists: a bhyve found this way
-    is taken over rather than its VM destroyed under it. bhyve sets the title once
-    its VM is open, and a VM name is unique on a host, so at most one should match;
-    when several do, none is chosen.
+    is taken over rather than its VM destroyed under it. A VM name is unique on a
+    host, so at most one should match; when several do, none is chosen.
     """
-    found = [
-        pid for pid in await _impl.find_titled(host, f"bhyve: {name}") if not _impl.is_zombie(pid)
-    ]
+    found = [pid for pid in await _impl.find_bhyves(host, name) if not _impl.is_zombie(pid)]
     return found[0] if len(found) == 1 else None

@@ -24,7 +24,9 @@ on the console, the kernel doorbell and a wake-up pipe.
 
 One knob exists for tests, in a form real bhyve accepts and ignores (an unknown
 config variable): ``-o bhyvesim.acpi_delay=SECONDS`` changes when the guest enables
-ACPI, and ``-o bhyvesim.acpi_delay=never`` makes a guest that never does.
+ACPI, and ``-o bhyvesim.acpi_delay=never`` makes a guest that never does;
+``-o bhyvesim.title_delay=SECONDS`` holds the process that long between creating its VM
+and setting its title, as a slow device setup does.
 ``-o bhyvesim.light=1`` makes a process cheap enough to run hundreds at once (the
 scale benchmark): no block worker threads, no boot-time CPU burn in the vCPU threads,
 and the allocator's free memory handed back once started.
@@ -269,6 +271,9 @@ class _Bhyve:
             self._init_device(cmd, dev)
         self._activate(cmd)
         self._start_threads(cmd)
+        # Real bhyve's device setup (disks, passthrough, firmware) can take a while
+        # between creating the VM and setting its title; tests stretch that window.
+        time.sleep(_seconds(cmd, "bhyvesim.title_delay"))
         self._set_title()
 
     def _open_vm(self, cmd: BhyveCommand) -> None:
@@ -782,6 +787,13 @@ def _acpi_delay(cmd: BhyveCommand) -> float | None:
         return max(0.0, float(value))
     except ValueError:
         return guest.ACPI_DELAY
+
+
+def _seconds(cmd: BhyveCommand, key: str) -> float:
+    try:
+        return max(0.0, float(cmd.config_value(key) or 0))
+    except ValueError:
+        return 0.0
 
 
 def _why(e: OSError) -> str:

@@ -310,15 +310,40 @@ def test_freebsd_ps_output_gives_the_title(output: str, title: str | None) -> No
     assert procwatch.parse_ps_title(output) == title
 
 
-def test_a_lost_bhyve_is_found_by_title_in_freebsd_ps_output() -> None:
+def test_a_lost_bhyve_is_found_in_freebsd_ps_output_titled_or_not_yet() -> None:
     # ps -ax -ww -o pid= -o comm= -o args=, as FreeBSD prints it: pids right-aligned,
-    # a title set by setproctitle(3) followed by the command name in parentheses.
+    # a title set by setproctitle(3) followed by the command name in parentheses; a
+    # bhyve still setting up its devices shows the command it was started with.
     output = (
         "    1 init     /sbin/init\n"
         " 1234 bhyve    bhyve: web1 (bhyve)\n"
         " 1240 bhyve    bhyve: web10 (bhyve)\n"
-        "12000 bhyve    /usr/sbin/bhyve -c 2 -m 1G web1\n"
+        "12000 bhyve    /usr/sbin/bhyve -c 2 -m 1G -s 0,hostbridge db1\n"
         "12001 vi       vi bhyve: web1\n"
+        "12002 bhyveload /usr/sbin/bhyveload -m 1G -d /vm/db2/disk0.img db2\n"
+        "12003 less     less -N web1\n"
     )
-    assert procwatch.find_ps_titled(output, "bhyve: web1") == [1234]
-    assert procwatch.find_ps_titled(output, "bhyve: web2") == []
+    assert procwatch.find_ps_bhyve(output, "web1") == [1234]
+    assert procwatch.find_ps_bhyve(output, "db1") == [12000]
+    assert procwatch.find_ps_bhyve(output, "db2") == []  # a loader is not bhyve
+    assert procwatch.find_ps_bhyve(output, "web2") == []
+
+
+@pytest.mark.parametrize(
+    ("comm", "args", "name", "expected"),
+    [
+        ("bhyve", "bhyve: web1", "web1", True),
+        ("bhyve", "bhyve: web1 (bhyve)", "web1", True),
+        ("bhyve", "bhyve: web10", "web1", False),
+        ("bhyve", "/usr/sbin/bhyve -c 1 -m 512M -s 0,hostbridge web1", "web1", True),
+        ("bhyve", "/usr/sbin/bhyve -c 1 -m 512M -s 0,hostbridge web10", "web1", False),
+        ("bhyve", "/usr/local/bin/python3 /sim/usr/sbin/bhyve -c 1 web1", "web1", True),
+        ("bhyve", "bhyve", "bhyve", False),
+        ("bhyvectl", "bhyvectl --vm=web1 --destroy web1", "web1", False),
+        ("sh", "sh -c sleep web1", "web1", False),
+    ],
+)
+def test_a_bhyve_is_known_by_its_title_or_its_command(
+    comm: str, args: str, name: str, expected: bool
+) -> None:
+    assert procwatch.is_bhyve_of(comm, args, name) is expected
