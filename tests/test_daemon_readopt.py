@@ -248,3 +248,41 @@ def test_a_bhyve_killed_with_its_daemon_before_its_title_is_adopted(
         assert (host_root / "var/run/bhyvesupd/slow.pid").read_text().strip() == str(pid)
     finally:
         stop_daemon(second)
+
+
+@pytest.mark.parametrize("recorded", ["dead", "another process"])
+def test_a_pid_file_naming_another_process_does_not_cost_the_guest_its_vm(
+    tmp_path: Path, host_root: Path, recorded: str
+) -> None:
+    # The pid file is stale (the daemon died between a relaunch's spawn and its pid
+    # file, or the pid went to someone else): the guest's bhyve still runs and must
+    # be taken over, the other process left alone.
+    import subprocess
+
+    log = tmp_path / "daemon.out"
+    first = spawn_daemon(host_root, log, "--no-examples")
+    first.define("echo")
+    pid = first.call("domain.start", name="echo")["pid"]
+    first.wait_console("echo", r"echo# ")
+    kill_daemon(first)
+    stranger = subprocess.Popen(["sleep", "60"])
+    if recorded == "dead":
+        stranger.kill()
+        stranger.wait()
+    try:
+        (host_root / "var/run/bhyvesupd/echo.pid").write_text(f"{stranger.pid}\n")
+        second = spawn_daemon(host_root, log, "--no-examples")
+        try:
+            e = second.info("echo")
+            assert (e["state"], e["pid"]) == ("running", pid)
+            assert alive(pid)
+            assert (host_root / "var/run/bhyvesupd/echo.pid").read_text().strip() == str(pid)
+            second.type("echo", "echo still-here")
+            second.wait_console("echo", "still-here")
+            if recorded == "another process":
+                assert stranger.poll() is None
+        finally:
+            stop_daemon(second)
+    finally:
+        stranger.kill()
+        stranger.wait()

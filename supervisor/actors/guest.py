@@ -413,22 +413,31 @@ class GuestActor:
         saved = self._read_status()
         if pid is not None and not saved:
             saved = self._first_boot_record()
-        refound = False
-        if pid is None and self._vm_exists():
-            # A VM with no pid file: its bhyve may still be running (the file was
-            # removed by hand, or lost). Destroying the VM would kill it.
-            pid = await procwatch.find_bhyve(self.host, self.name)
-            refound = pid is not None
+        alive = ours = False
         if pid is not None and procwatch.pid_alive(pid):
-            if await procwatch.is_bhyve(self.host, pid, self.name) and self._vm_exists():
-                await self._take_over(pid, saved)
-                if refound:
-                    self._log.warning("pid_file_missing", pid=pid)
-                    try:
-                        self._write_pid(pid)  # for the daemon after us
-                    except OSError as exc:
-                        self._log.warning("pid_write_failed", error=exc.strerror)
+            alive = True
+            ours = await procwatch.is_bhyve(self.host, pid, self.name)
+        if not ours and self._vm_exists():
+            # A VM whose bhyve the pid file does not name (the file was removed by
+            # hand or lost, or the daemon died between a relaunch's spawn and its pid
+            # file): that bhyve may still be running. Destroying the VM would kill it.
+            found = await procwatch.find_bhyve(self.host, self.name)
+            if found is not None:
+                self._log.warning(
+                    "pid_file_missing" if pid is None else "pid_file_stale", pid=found, recorded=pid
+                )
+                await self._take_over(found, saved)
+                try:
+                    self._write_pid(found)  # for the daemon after us
+                except OSError as exc:
+                    self._log.warning("pid_write_failed", error=exc.strerror)
                 return "adopted"
+        if ours and self._vm_exists():
+            assert pid is not None
+            await self._take_over(pid, saved)
+            return "adopted"
+        if alive:
+            assert pid is not None
             title = await procwatch.process_title(self.host, pid)
             self._log.warning("pid_file_stale", pid=pid, title=title)
             pid = None
