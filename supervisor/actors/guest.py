@@ -68,9 +68,6 @@ log = get_logger("bhyvesupd.guest")
 
 _T = TypeVar("_T")
 
-#: How long the launch waits for bhyve to create /dev/vmm/NAME before it counts as up.
-VMM_APPEAR_TIMEOUT = 5.0
-
 
 @attrs.frozen
 class LaunchPlan:
