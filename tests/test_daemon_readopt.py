@@ -13,6 +13,7 @@ import signal
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -222,6 +223,29 @@ def test_a_running_guest_whose_pid_file_is_gone_is_adopted_not_destroyed(
         teardown(str(other_root))
 
 
+def orphan(host_root: Path, log: Path, name: str, *, until: str, **define: Any) -> int:
+    """Start guest *name* under a daemon, wait until its VM exists (``vm``) or its
+    console prompts (``prompt``), kill -9 the daemon; the pid of the bhyve left behind."""
+    first = spawn_daemon(host_root, log, "--no-examples")
+    first.define(name, **define)
+    pid: int = first.call("domain.start", name=name)["pid"]
+    if until == "vm":
+        first.wait_for(f"{name}'s VM", lambda: first.vmm(name).exists())
+    else:
+        first.wait_console(name, rf"{name}# ")
+    kill_daemon(first)
+    return pid
+
+
+def assert_taken_over(daemon: Sim, name: str, pid: int) -> None:
+    """*daemon* runs *name* with the very bhyve *pid*, its VM and a pid file naming it."""
+    info = daemon.info(name)
+    assert (info["state"], info["pid"]) == ("running", pid)
+    assert alive(pid)
+    assert daemon.vmm(name).exists()
+    assert (daemon.root / f"var/run/bhyvesupd/{name}.pid").read_text().strip() == str(pid)
+
+
 @pytest.mark.parametrize("pid_file", ["kept", "lost"])
 def test_a_bhyve_killed_with_its_daemon_before_its_title_is_adopted(
     tmp_path: Path, host_root: Path, pid_file: str
@@ -230,22 +254,14 @@ def test_a_bhyve_killed_with_its_daemon_before_its_title_is_adopted(
     # daemon restarted in between (rc.d restart while guests boot) must take that
     # bhyve over by the command it still shows, not destroy its VM as a leftover.
     log = tmp_path / "daemon.out"
-    first = spawn_daemon(host_root, log, "--no-examples")
-    first.define("slow", bhyve_args=("-o", "bhyvesim.title_delay=30"))
-    pid = first.call("domain.start", name="slow")["pid"]
-    first.wait_for("slow's VM", lambda: first.vmm("slow").exists())
-    kill_daemon(first)
+    pid = orphan(host_root, log, "slow", until="vm", bhyve_args=("-o", "bhyvesim.title_delay=30"))
     if pid_file == "lost":
         (host_root / "var/run/bhyvesupd/slow.pid").unlink()
     with open(f"/proc/{pid}/cmdline", "rb") as f:
         assert not f.read().startswith(b"bhyve: ")  # still untitled
     second = spawn_daemon(host_root, log, "--no-examples")
     try:
-        s = second.info("slow")
-        assert (s["state"], s["pid"]) == ("running", pid)
-        assert alive(pid)
-        assert second.vmm("slow").exists()
-        assert (host_root / "var/run/bhyvesupd/slow.pid").read_text().strip() == str(pid)
+        assert_taken_over(second, "slow", pid)
     finally:
         stop_daemon(second)
 
@@ -260,11 +276,7 @@ def test_a_pid_file_naming_another_process_does_not_cost_the_guest_its_vm(
     import subprocess
 
     log = tmp_path / "daemon.out"
-    first = spawn_daemon(host_root, log, "--no-examples")
-    first.define("echo")
-    pid = first.call("domain.start", name="echo")["pid"]
-    first.wait_console("echo", r"echo# ")
-    kill_daemon(first)
+    pid = orphan(host_root, log, "echo", until="prompt")
     stranger = subprocess.Popen(["sleep", "60"])
     if recorded == "dead":
         stranger.kill()
@@ -273,10 +285,7 @@ def test_a_pid_file_naming_another_process_does_not_cost_the_guest_its_vm(
         (host_root / "var/run/bhyvesupd/echo.pid").write_text(f"{stranger.pid}\n")
         second = spawn_daemon(host_root, log, "--no-examples")
         try:
-            e = second.info("echo")
-            assert (e["state"], e["pid"]) == ("running", pid)
-            assert alive(pid)
-            assert (host_root / "var/run/bhyvesupd/echo.pid").read_text().strip() == str(pid)
+            assert_taken_over(second, "echo", pid)
             second.type("echo", "echo still-here")
             second.wait_console("echo", "still-here")
             if recorded == "another process":
