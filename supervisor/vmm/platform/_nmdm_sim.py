@@ -54,28 +54,26 @@ class _Link:
             if mine.answered:
                 return mine.line
             batch, self.queue = self.queue, []
-            if self.sock is None:
-                self.sock = await _connect(self.root)
             lines: list[bytes] = []
-            if self.sock is not None:
-                try:
+            try:
+                if self.sock is None:
+                    self.sock = await _connect(self.root)
+                if self.sock is not None:
                     with trio.fail_after(nmdm.REQUEST_TIMEOUT):
                         lines = await _exchange_all(self.sock, [a.request for a in batch])
-                except OSError:
-                    pass
-                except trio.TooSlowError as exc:
-                    self.close()
-                    for a in batch:
-                        a.answer(None)
+            except OSError:
+                pass
+            except BaseException as exc:
+                # Timed out, cancelled half-way, or no connection to be had: what the
+                # relay sends next answers nobody, and the others ask another way.
+                self.close()
+                for a in batch:
+                    a.answer(None)
+                if isinstance(exc, trio.TooSlowError):
                     raise HostNotReadyError(
                         f"nmdm relay of {self.root}: no answer to {request['op']!r}: timed out"
                     ) from exc
-                except BaseException:
-                    # Cancelled half-way: what the relay sends next answers nobody.
-                    self.close()
-                    for a in batch:
-                        a.answer(None)
-                    raise
+                raise
             if len(lines) < len(batch):
                 self.close()  # a relay that went away: the next request reconnects
             for i, a in enumerate(batch):
