@@ -410,29 +410,29 @@ class GuestActor:
         saved = self._read_status()
         if pid is not None and not saved:
             saved = self._first_boot_record()
-        alive = ours = False
-        if pid is not None and procwatch.pid_alive(pid):
-            alive = True
-            ours = await procwatch.is_bhyve(self.host, pid, self.name)
-        if not ours and self._vm_exists():
-            # A VM whose bhyve the pid file does not name (the file was removed by
-            # hand or lost, or the daemon died between a relaunch's spawn and its pid
-            # file): that bhyve may still be running. Destroying the VM would kill it.
-            found = await procwatch.find_bhyve(self.host, self.name)
-            if found is not None:
-                self._log.warning(
-                    "pid_file_missing" if pid is None else "pid_file_stale", pid=found, recorded=pid
-                )
-                await self._take_over(found, saved)
-                try:
-                    self._write_pid(found)  # for the daemon after us
-                except OSError as exc:
-                    self._log.warning("pid_write_failed", error=exc.strerror)
+        alive = pid is not None and procwatch.pid_alive(pid)
+        ours = pid is not None and alive and await procwatch.is_bhyve(self.host, pid, self.name)
+        if self._vm_exists():
+            running = pid if ours else None
+            if running is None:
+                # A VM whose bhyve the pid file does not name (the file was removed by
+                # hand or lost, or the daemon died between a relaunch's spawn and its
+                # pid file): that bhyve may still be running. Destroying the VM would
+                # kill it.
+                running = await procwatch.find_bhyve(self.host, self.name)
+            if running is not None:
+                await self._take_over(running, saved)
+                if running != pid:
+                    self._log.warning(
+                        "pid_file_missing" if pid is None else "pid_file_stale",
+                        pid=running,
+                        recorded=pid,
+                    )
+                    try:
+                        self._write_pid(running)  # for the daemon after us
+                    except OSError as exc:
+                        self._log.warning("pid_write_failed", error=exc.strerror)
                 return "adopted"
-        if ours and self._vm_exists():
-            assert pid is not None
-            await self._take_over(pid, saved)
-            return "adopted"
         if alive:
             assert pid is not None
             title = await procwatch.process_title(self.host, pid)

@@ -128,18 +128,13 @@ def parse_ps_title(output: str) -> str | None:
     return args or None
 
 
-def find_ps_titled(output: str, title: str) -> list[int]:
-    """The pids whose title is *title* in FreeBSD ``ps -ax -ww -o pid= -o comm= -o args=``
-    output (one process a line: pid, command name, arguments), in the order listed.
-
-    The arguments are read as :func:`parse_ps_title` reads them.
-    """
-    found = []
-    for line in output.splitlines():
-        pid_text, _, rest = line.strip().partition(" ")
-        if pid_text.isdigit() and parse_ps_title(rest) == title:
-            found.append(int(pid_text))
-    return found
+def parse_ps_identity(line: str) -> tuple[str, str] | None:
+    """The command name and the arguments (as :func:`parse_ps_title` reads them) in one
+    line of FreeBSD ``ps -ww -o comm= -o args=`` output, or None."""
+    args = parse_ps_title(line)
+    if args is None:
+        return None
+    return line.lstrip().partition(" ")[0], args
 
 
 def is_bhyve_of(comm: str, args: str, name: str) -> bool:
@@ -164,8 +159,7 @@ def find_ps_bhyve(output: str, name: str) -> list[int]:
     found = []
     for line in output.splitlines():
         pid_text, _, rest = line.strip().partition(" ")
-        comm = rest.lstrip().partition(" ")[0]
-        args = parse_ps_title(rest)
-        if pid_text.isdigit() and args is not None and is_bhyve_of(comm, args, name):
+        identity = parse_ps_identity(rest)
+        if pid_text.isdigit() and identity is not None and is_bhyve_of(*identity, name):
             found.append(int(pid_text))
     return found

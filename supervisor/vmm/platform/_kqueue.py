@@ -22,7 +22,7 @@ from supervisor.vmm.platform._exitstatus import (
     ExitInfo,
     decode_wait_status,
     find_ps_bhyve,
-    parse_ps_title,
+    parse_ps_identity,
 )
 
 assert sys.platform != "linux"
@@ -93,11 +93,7 @@ async def process_identity(host: Host, pid: int) -> tuple[str, str] | None:
     )
     if result.returncode != 0:
         return None
-    line = result.stdout.decode("utf-8", "surrogateescape")
-    args = parse_ps_title(line)
-    if args is None:
-        return None
-    return line.lstrip().partition(" ")[0], args
+    return parse_ps_identity(result.stdout.decode("utf-8", "surrogateescape"))
 
 
 async def find_bhyves(host: Host, name: str) -> list[int]:
