@@ -61,6 +61,18 @@ EXAMPLES_DIR = Path(__file__).resolve().parent.parent / "etc" / "examples"
 #: How long autostart waits for a dependency to be ready before starting anyway.
 DEPENDENCY_WAIT = 120.0
 
+#: How long the end of autostart waits for progress: once no starting guest has come
+#: up (or failed) for this long, autostart counts as done.
+AUTOSTART_STALL = 60.0
+
+
+def _listdir(path: str) -> list[str]:
+    """The entries of *path*; none when it does not exist."""
+    try:
+        return os.listdir(path)
+    except FileNotFoundError:
+        return []
+
 
 def policy_of(domain: Domain) -> lc.Policy:
     """The lifecycle policy a definition asks for (libvirt's actions + our metadata)."""
@@ -117,6 +129,11 @@ class Daemon:
         #: One environment for every guest's bhyve and loader.
         self.tool_env = tool_env(host)
         self.guests: dict[str, Guest] = {}
+        #: How many guests are in each state, kept as they change: daemon.status, which
+        #: clients poll, and the wait for the end of autostart read it without walking
+        #: every guest.
+        self.state_counts: collections.Counter[lc.State] = collections.Counter()
+        self._counts_changed = trio.Event()
         self.started_at = time.monotonic()
         self._nursery: trio.Nursery | None = None
         self.stopping = trio.Event()
@@ -206,12 +223,27 @@ class Daemon:
             hooks=self.launch_hooks,
             ready_regex=domain.policy.ready_console_regex,
             env=self.tool_env,
+            on_state=self._count_state,
         )
+
+    def _count_state(self, before: lc.State, after: lc.State) -> None:
+        counts = self.state_counts
+        counts[before] -= 1
+        counts[after] += 1
+        self._counts_changed.set()
+        self._counts_changed = trio.Event()
+
+    def _forget(self, guest: Guest) -> None:
+        """Take a guest out of the daemon (its actor stops taking requests)."""
+        del self.guests[guest.domain.name]
+        self.state_counts[guest.actor.state] -= 1
+        guest.actor.close()
 
     async def _add(self, domain: Domain) -> Guest:
         assert self._nursery is not None
         guest = Guest(domain, self._make_actor(domain))
         self.guests[domain.name] = guest
+        self.state_counts[guest.actor.state] += 1
 
         async def run_actor(task_status: trio.TaskStatus[None]) -> None:
             with guest.cancel:
@@ -265,8 +297,7 @@ class Daemon:
                 f"guest {guest.domain.name} is {guest.actor.state.value}; stop it first"
             )
         self.store.remove(guest.domain.name)
-        del self.guests[guest.domain.name]
-        guest.actor.close()
+        self._forget(guest)
         self.bus.publish("guest.undefined", name=guest.domain.name)
 
     async def set_autostart(self, guest: Guest, autostart: bool) -> None:
@@ -312,8 +343,7 @@ class Daemon:
                 if guest.actor.state.active or guest.actor.state is lc.State.BACKOFF:
                     report["kept"].append(name)  # running: keep it until it stops
                     continue
-                del self.guests[name]
-                guest.actor.close()
+                self._forget(guest)
                 report["removed"].append(name)
         log.info("definitions_reloaded", **{k: v for k, v in report.items() if v})
         self.bus.publish("daemon.reload", **report)
@@ -369,6 +399,7 @@ class Daemon:
         """
         outcomes: dict[str, str] = {}
         limit = trio.CapacityLimiter(16)
+        present = self._runtime_names()
 
         async def adopt(guest: Guest) -> None:
             async with limit:
@@ -381,7 +412,11 @@ class Daemon:
 
         async with trio.open_nursery() as nursery:
             for guest in self.guests.values():
-                nursery.start_soon(adopt, guest)
+                if present is not None and guest.domain.name not in present:
+                    # A first start after the host booted: nothing to look at.
+                    outcomes[guest.domain.name] = await guest.actor.adopt(nothing_left=True)
+                else:
+                    nursery.start_soon(adopt, guest)
         adopted = sorted(n for n, o in outcomes.items() if o == "adopted")
         if adopted or any(o != "none" for o in outcomes.values()):
             log.info(
@@ -392,16 +427,46 @@ class Daemon:
             )
         return outcomes
 
+    def _runtime_names(self) -> set[str] | None:
+        """The names that have a pid file or a status file in the run directory, or a
+        VM in /dev/vmm: the guests whose adoption has something to look at. None when
+        a directory cannot be read (then every guest is looked at)."""
+        names: set[str] = set()
+        run_dir = self.host.path(self.paths.run_dir)
+        vmm_dir = os.path.dirname(self.host.vmm_device("_"))
+        try:
+            for entry in _listdir(run_dir):
+                stem, _, suffix = entry.rpartition(".")
+                if suffix in ("pid", "status"):
+                    names.add(stem)
+            names.update(_listdir(vmm_dir))
+        except OSError as exc:
+            log.warning("runtime_dir_unreadable", error=str(exc))
+            return None
+        return names
+
     async def _autostart_then_trim(self) -> None:
         # Start-up parses every definition and launches every guest; the memory that took
         # is free again once the launches are done, but glibc keeps it unless asked.
         try:
             await self.autostart()
-            for guest in list(self.guests.values()):
-                await guest.actor.wait_until(lambda s: s is not lc.State.STARTING, 60.0)
+            await self._launches_done(AUTOSTART_STALL)
         finally:
             self.autostarted.set()
         _trim_heap()
+
+    async def _launches_done(self, stall: float) -> None:
+        """Wait until no guest is starting, or until *stall* seconds pass in which none
+        stopped starting."""
+        starting = self.state_counts[lc.State.STARTING]
+        while starting:
+            with trio.move_on_after(stall) as scope:
+                await self._counts_changed.wait()
+            now = self.state_counts[lc.State.STARTING]
+            if scope.cancelled_caught and now >= starting:
+                log.warning("autostart_stalled", starting=now)
+                return
+            starting = now
 
     async def shutdown_all(self, budget: float) -> None:
         """Shut every running guest down within *budget* seconds, in reverse start order.
@@ -443,10 +508,7 @@ class Daemon:
                     nursery.start_soon(stop, guest, grace)
 
     def status(self) -> dict[str, Any]:
-        # Counted by member, named once per state: a client polling this while 500
-        # guests start should not cost the daemon two enum lookups per guest.
-        counts = collections.Counter(g.actor.machine.state for g in self.guests.values())
-        states = {state.value: n for state, n in counts.items()}
+        states = {state.value: n for state, n in self.state_counts.items() if n}
         return {
             "version": __version__,
             "pid": os.getpid(),

@@ -231,6 +231,13 @@ def test_define_start_reboot_poweroff(sim: Sim) -> None:
     info = sim.wait_state("web1", "shutoff")
     assert info["last_exit"]["code"] == 1
     sim.wait_for("/dev/vmm/web1 destroyed", lambda: not sim.vmm("web1").exists())
+    # The daemon's count of guests by state follows every change, and an undefine.
+    assert sim.call("daemon.status")["states"] == {"shutoff": 1}
+    sim.define("web2")
+    assert sim.call("daemon.status")["states"] == {"shutoff": 2}
+    sim.call("domain.undefine", name="web1")
+    status = sim.call("daemon.status")
+    assert (status["guests"], status["states"]) == (1, {"shutoff": 1})
 
 
 def test_crash_loop_goes_fatal_while_another_guest_runs(sim: Sim) -> None:
@@ -381,6 +388,40 @@ def test_daemon_stop_shuts_guests_down_in_reverse_start_order(tmp_path: Path) ->
     # app (order 2) is asked and gone before db (order 1) is asked.
     assert events.index(("bhyve_exited", "app")) < events.index(("bhyve_signalled", "db"))
     assert ("bhyve_exited", "db") in events
+
+
+def test_autostart_launches_guests_in_start_order(tmp_path: Path) -> None:
+    root = tmp_path / "host"
+    names = [f"vm{i}" for i in range(6)]
+    s = spawn_daemon(root, tmp_path / "daemon.out", "--no-examples")
+    try:
+        for i, name in enumerate(names):
+            # Start order against name order: vm5 first, vm0 last.
+            order = f"<bhyvesup:start-order>{len(names) - i}</bhyvesup:start-order>"
+            s.define(name, policy="<bhyvesup:autostart>yes</bhyvesup:autostart>" + order)
+    finally:
+        stop_daemon(s)
+    log = root / "var/log/bhyvesupd/bhyvesupd.log"
+    log.unlink()
+    s = spawn_daemon(root, tmp_path / "daemon.out", "--no-examples")
+    try:
+        s.wait_for(
+            "every guest running",
+            lambda: s.call("daemon.status")["states"] == {"running": len(names)},
+        )
+    finally:
+        stop_daemon(s)
+        from supervisor.vmm.sim import teardown
+
+        teardown(str(root))
+    import json
+
+    started = [
+        e["guest"]
+        for e in map(json.loads, log.read_text().splitlines())
+        if e["event"] == "guest_started"
+    ]
+    assert started[: len(names)] == names[::-1]
 
 
 def test_sim_refuses_a_config_path_outside_the_simulated_host(tmp_path: Path) -> None:

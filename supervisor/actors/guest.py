@@ -194,6 +194,8 @@ class GuestActor:
             (``policy.ready_console_regex``); without one, running means ready.
         env: the environment of the guest's programs (default: this host's tool
             environment, :func:`~supervisor.vmm.hostexec.tool_env`).
+        on_state: called with the old and the new state at every change of state,
+            synchronously (the daemon keeps its count of guests by state with it).
     """
 
     def __init__(
@@ -213,8 +215,10 @@ class GuestActor:
         hooks: Sequence[LaunchHook] = (),
         ready_regex: str | None = None,
         env: Mapping[str, str] | None = None,
+        on_state: Callable[[lc.State, lc.State], None] | None = None,
     ) -> None:
         self.name = name
+        self.on_state = on_state
         self.host = host
         self.paths = paths
         self.bus = bus
@@ -391,7 +395,7 @@ class GuestActor:
 
     # -- adoption ----------------------------------------------------------------------------
 
-    async def adopt(self) -> str:
+    async def adopt(self, *, nothing_left: bool = False) -> str:
         """Take over the guest's bhyve if an earlier daemon left it running.
 
         Called once, after :meth:`run` has started and before any request. The pid file
@@ -402,10 +406,18 @@ class GuestActor:
         exited), and otherwise left off. Leftovers of a guest with no living bhyve (the
         VM, the pid file, sockets, the resources of the launch hooks) are removed.
 
+        Args:
+            nothing_left: the caller has seen that the guest has no pid file, no status
+                file and no VM (one directory listing for all guests, instead of three
+                lookups for each): there is nothing to take over or clean.
+
         Returns:
             What was found: ``adopted``, ``exited``, ``cleaned`` or ``none``.
         """
         assert self._nursery is not None, "adopt() needs the actor running"
+        if nothing_left:
+            self._status_absent = True
+            return "none"
         pid = self._read_pid()
         saved = self._read_status()
         if pid is not None and not saved:
@@ -547,10 +559,14 @@ class GuestActor:
     def _apply(self, event: lc.Event) -> None:
         before = self.machine.state
         actions = self.machine.handle(event, time.monotonic())
-        if self.machine.state is not before and self.machine.state in _RESUMABLE:
-            # A daemon adopting this bhyve after us must know a stop or reboot is under
-            # way (see adopt()).
-            self._write_status()
+        after = self.machine.state
+        if after is not before:
+            if self.on_state is not None:
+                self.on_state(before, after)
+            if after in _RESUMABLE:
+                # A daemon adopting this bhyve after us must know a stop or reboot is
+                # under way (see adopt()).
+                self._write_status()
         for action in actions:
             self._act(action)
         if self.machine.state is not before or not isinstance(event, lc.TimerFired):

@@ -58,6 +58,14 @@ class _Link:
             try:
                 if self.sock is None:
                     self.sock = await _connect(self.root)
+                    if self.sock is None:
+                        # No relay yet: the host's first pair. It is started once, here,
+                        # while the requests behind wait for this link, instead of each
+                        # of a burst of starting guests finding no relay and starting
+                        # one from a thread of its own.
+                        first = batch[0].request
+                        await trio.to_thread.run_sync(nmdm.ensure_pair, self.root, first["path"])
+                        self.sock = await _connect(self.root)
                 if self.sock is not None:
                     with trio.fail_after(nmdm.REQUEST_TIMEOUT):
                         lines = await _exchange_all(self.sock, [a.request for a in batch])
