@@ -227,6 +227,27 @@ class SimHost:
         self.names += names
         return names
 
+    def load_definitions(self, *, keep_cache: bool = True) -> tuple[float, float]:
+        """CPU seconds to load every definition as the daemon does: parsed (a first
+        start, which also writes the cache), then from that cache (what a host's next
+        boot finds when no definition changed). *keep_cache* False removes the cache
+        again, so that the next daemon start is a first start."""
+        from supervisor.config import load_config
+        from supervisor.daemon import definition_store
+
+        store = definition_store(self.host, load_config(None))
+        assert store.cache_path is not None
+        cache = Path(store.cache_path)
+        cache.unlink(missing_ok=True)
+        t0 = time.process_time()
+        store.load_all()
+        t1 = time.process_time()
+        store.load_all()
+        t2 = time.process_time()
+        if not keep_cache:
+            cache.unlink()
+        return t1 - t0, t2 - t1
+
     def bhyve_argv(self, name: str) -> tuple[list[str], dict[str, str]]:
         """The argv and environment bhyvesupd runs for *name* (for the peer to run too)."""
         from supervisor.domain.xml import parse_domain_xml

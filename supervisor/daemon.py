@@ -46,7 +46,7 @@ from supervisor.host import FREEBSD, Host
 from supervisor.netfw.manager import NetworkManager
 from supervisor.netfw.taps import TapHook, guest_alive
 from supervisor.passthru.hook import PassthruHook
-from supervisor.store import DefinitionStore
+from supervisor.store import CACHE_FILE, DefinitionStore, source_stamp
 from supervisor.vmm import caps as capsmod
 from supervisor.vmm.argv import build_commands
 from supervisor.vmm.hostexec import run_tool, tool_env
@@ -122,9 +122,7 @@ class Daemon:
         # Probed once at start: named once, not at every daemon.status a client polls.
         self._cap_names = sorted(str(f.name) for f in capsmod.BhyveCap if f and caps.has(f))
         self.bus = EventBus()
-        self.store = DefinitionStore(
-            host, config.guests.domains_dir, parse_domain_xml, format_domain_xml
-        )
+        self.store = definition_store(host, config)
         self.paths = GuestPaths(config.guests.run_dir, config.guests.log_dir)
         #: One environment for every guest's bhyve and loader.
         self.tool_env = tool_env(host)
@@ -626,12 +624,26 @@ def _make_dirs(host: Host, config: Config) -> None:
         os.makedirs(host.path(d), exist_ok=True)
 
 
+def definition_store(host: Host, config: Config) -> DefinitionStore:
+    """The guest definitions of *host*, with the cache of parsed ones."""
+    from supervisor.domain import model, postparse, xml
+
+    return DefinitionStore(
+        host,
+        config.guests.domains_dir,
+        parse_domain_xml,
+        format_domain_xml,
+        cache_path=host.path(CACHE_FILE),
+        stamp=source_stamp(xml, model, postparse, capsmod),
+    )
+
+
 def provision_examples(host: Host, config: Config, examples: Iterable[Path]) -> list[str]:
     """Define the example guests on a fresh simulated host (and make their disk images).
 
     Returns the names defined; existing definitions are left alone.
     """
-    store = DefinitionStore(host, config.guests.domains_dir, parse_domain_xml, format_domain_xml)
+    store = definition_store(host, config)
     defined = []
     existing, _ = store.load_all()
     for path in sorted(examples):

@@ -50,6 +50,8 @@ NETWORKS_DIR = "/usr/local/etc/bhyvesupd/networks"
 RUN_DIR = "/var/run/bhyvesupd"
 SOCKET_PATH = "/var/run/bhyvesupd/bhyvesupd.sock"
 LOG_DIR = "/var/log/bhyvesupd"
+#: State kept across host reboots (DHCP leases, the cache of parsed definitions).
+DB_DIR = "/var/db/bhyvesupd"
 FIRMWARE_DIR = "/usr/local/share/uefi-firmware"
 
 #: How many mapped paths a host remembers before it starts over.

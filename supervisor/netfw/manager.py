@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 import attrs
 import trio
 
+from supervisor import host as _host
 from supervisor._fsutil import write_atomic
 from supervisor.config import NetworkSection
 from supervisor.errors import (
@@ -55,7 +56,7 @@ if TYPE_CHECKING:
 
 log = get_logger("bhyvesupd.network")
 
-DB_DIR = "/var/db/bhyvesupd"
+DB_DIR = _host.DB_DIR
 STATE_FILE = "networks.json"
 #: Restart back-off for a dying dnsmasq: first delay and cap, in seconds.
 DHCP_BACKOFF = (0.5, 30.0)
