@@ -66,6 +66,42 @@ DEPENDENCY_WAIT = 120.0
 AUTOSTART_STALL = 60.0
 
 
+class _StartedGroup:
+    """Many tasks' ``task_status``: :meth:`wait` returns once every member has started."""
+
+    def __init__(self) -> None:
+        self._pending = 0
+        self._done = trio.Event()
+
+    def member(self) -> _Started:
+        self._pending += 1
+        return _Started(self)
+
+    def _one_started(self) -> None:
+        self._pending -= 1
+        if self._pending == 0:
+            self._done.set()
+
+    async def wait(self) -> None:
+        if self._pending:
+            await self._done.wait()
+
+
+class _Started:
+    """One member's ``task_status`` (counted once, however often it is called)."""
+
+    __slots__ = ("_counted", "_group")
+
+    def __init__(self, group: _StartedGroup) -> None:
+        self._group = group
+        self._counted = False
+
+    def started(self, value: None = None) -> None:
+        if not self._counted:
+            self._counted = True
+            self._group._one_started()
+
+
 def _listdir(path: str) -> list[str]:
     """The entries of *path*; none when it does not exist."""
     try:
@@ -237,18 +273,39 @@ class Daemon:
         self.state_counts[guest.actor.state] -= 1
         guest.actor.close()
 
-    async def _add(self, domain: Domain) -> Guest:
-        assert self._nursery is not None
+    def _new_guest(self, domain: Domain) -> Guest:
         guest = Guest(domain, self._make_actor(domain))
         self.guests[domain.name] = guest
         self.state_counts[guest.actor.state] += 1
-
-        async def run_actor(task_status: trio.TaskStatus[None]) -> None:
-            with guest.cancel:
-                await guest.actor.run(task_status=task_status)
-
-        await self._nursery.start(run_actor)
         return guest
+
+    async def _run_actor(
+        self, guest: Guest, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        with guest.cancel:
+            await guest.actor.run(task_status=task_status)
+
+    async def _add(self, domain: Domain) -> Guest:
+        assert self._nursery is not None
+        guest = self._new_guest(domain)
+        await self._nursery.start(self._run_actor, guest)
+        return guest
+
+    async def _add_all(self, domains: Iterable[Domain]) -> None:
+        """:meth:`_add` for every one of *domains*: their actors' tasks start together and
+        this waits once for all of them, not for each in turn (two task switches per
+        guest at start-up)."""
+        assert self._nursery is not None
+        group = _StartedGroup()
+        for domain in domains:
+            self._nursery.start_soon(self._run_counted, self._new_guest(domain), group.member())
+        await group.wait()
+
+    async def _run_counted(self, guest: Guest, status: _Started) -> None:
+        try:
+            await self._run_actor(guest, status)
+        finally:
+            status.started()  # an actor that ended before starting must not be waited for
 
     async def define(self, xml: str | bytes) -> Guest:
         """Define a new guest or replace a definition (effective at the next start).
@@ -536,8 +593,7 @@ class Daemon:
                 log.error("definition_unreadable", path=p.path, error=p.error)
             await self.taps.sweep(lambda n: guest_alive(self.host, self.paths.pid_file(n)))
             await nursery.start(self.networks.run)
-            for domain in domains.values():
-                await self._add(domain)
+            await self._add_all(domains.values())
             await self.adopt_all()
             d = self.config.daemon
             await nursery.start(
