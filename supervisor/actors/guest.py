@@ -51,7 +51,7 @@ import attrs
 import structlog
 import trio
 
-from supervisor._fsutil import write_atomic
+from supervisor._fsutil import write_all, write_atomic
 from supervisor.actors import lifecycle as lc
 from supervisor.actors.console import Console, ConsoleLog
 from supervisor.errors import GuestBusyError, InvalidStateError, SupervisorError
@@ -856,11 +856,21 @@ class GuestActor:
     # -- runtime files --------------------------------------------------------------------------
 
     def _write_pid(self, pid: int) -> None:
-        # The status file follows once the launch is applied (same step, no await
-        # between): writing it here too cost a third write per start.
-        write_atomic(
-            self.host.path(self.paths.pid_file(self.name)), f"{pid}\n".encode(), durable=False
-        )
+        # Written in place, as pidfile(3) does, not renamed into place: only a later
+        # daemon reads it, and a daemon that died half-way through leaves an empty file,
+        # which reads as no pid file (the bhyve is then searched for; see adopt()). The
+        # status file follows once the launch is applied (same step, no await between).
+        path = self.host.path(self.paths.pid_file(self.name))
+        flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC
+        try:
+            fd = os.open(path, flags, 0o644)
+        except FileNotFoundError:
+            os.makedirs(os.path.dirname(path), exist_ok=True)  # the run directory went
+            fd = os.open(path, flags, 0o644)
+        try:
+            write_all(fd, f"{pid}\n".encode())
+        finally:
+            os.close(fd)
 
     def _write_status(self) -> None:
         info = self.info()

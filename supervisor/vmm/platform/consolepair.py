@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import sys
+import termios
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 
@@ -104,11 +105,12 @@ def open_console(host: Host, b_path: str) -> int:
             f"console {b_path}: no such device (is nmdm.ko loaded? kldload nmdm)",
             field="console",
         ) from None
-    if not os.isatty(fd):
-        os.close(fd)
-        raise HostNotReadyError(f"console {b_path}: not a terminal", field="console")
     try:
+        # tcgetattr is also the terminal check (ENOTTY): no isatty() call of its own.
         make_raw(fd, clocal=True)
+    except termios.error:
+        os.close(fd)
+        raise HostNotReadyError(f"console {b_path}: not a terminal", field="console") from None
     except BaseException:
         os.close(fd)
         raise
