@@ -192,13 +192,13 @@ class DefinitionStore:
             return
         data = {"format": _CACHE_FORMAT, "stamp": self.stamp, "entries": entries}
         try:
+            blob = pickle.dumps(data, protocol=pickle.HIGHEST_PROTOCOL)
+        except Exception as exc:  # a definition the cache cannot hold: still loaded
+            log.warning("definition_cache_unwritable", path=self.cache_path, error=repr(exc))
+            return
+        try:
             # Not durable: a cache lost with a power failure is only parsed again.
-            write_atomic(
-                self.cache_path,
-                pickle.dumps(data, protocol=pickle.HIGHEST_PROTOCOL),
-                mode=0o600,
-                durable=False,
-            )
+            write_atomic(self.cache_path, blob, mode=0o600, durable=False)
         except OSError as exc:
             log.warning("definition_cache_unwritable", path=self.cache_path, error=exc.strerror)
 

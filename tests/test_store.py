@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from supervisor import store as store_module
 from supervisor.domain.model import Domain
 from supervisor.domain.xml import format_domain_xml, parse_domain_xml
 from supervisor.host import Host
@@ -139,6 +140,19 @@ def test_an_unwritable_cache_costs_only_the_cache(host: Host) -> None:
     domains, problems = _store(host, parse).load_all()
     assert sorted(domains) == ["db1", "web1", "web2"]
     assert not problems
+
+
+def test_definitions_the_cache_cannot_hold_are_still_loaded(
+    host: Host, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def cannot(*args: object, **kwargs: object) -> bytes:
+        raise TypeError("cannot pickle 'lxml.etree._Element' object")
+
+    monkeypatch.setattr(store_module.pickle, "dumps", cannot)
+    domains, problems = _store(host, Counting()).load_all()
+    assert sorted(domains) == ["db1", "web1", "web2"]
+    assert not problems
+    assert not os.path.exists(host.path(CACHE_FILE))
 
 
 def test_without_a_cache_path_every_load_parses(host: Host) -> None:
