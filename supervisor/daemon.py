@@ -42,7 +42,7 @@ from supervisor.errors import (
     SupervisorError,
 )
 from supervisor.events import EventBus
-from supervisor.host import FREEBSD, Host
+from supervisor.host import FREEBSD, VMM_DIR, Host
 from supervisor.netfw.manager import NetworkManager
 from supervisor.netfw.taps import TapHook, guest_alive
 from supervisor.passthru.hook import PassthruHook
@@ -486,15 +486,10 @@ class Daemon:
         """The names that have a pid file or a status file in the run directory, or a
         VM in /dev/vmm: the guests whose adoption has something to look at. None when
         a directory cannot be read (then every guest is looked at)."""
-        names: set[str] = set()
-        run_dir = self.host.path(self.paths.run_dir)
-        vmm_dir = os.path.dirname(self.host.vmm_device("_"))
         try:
-            for entry in _listdir(run_dir):
-                stem, _, suffix = entry.rpartition(".")
-                if suffix in ("pid", "status"):
-                    names.add(stem)
-            names.update(_listdir(vmm_dir))
+            run_entries = _listdir(self.host.path(self.paths.run_dir))
+            names = {n for e in run_entries if (n := self.paths.guest_of(e)) is not None}
+            names.update(_listdir(self.host.path(VMM_DIR)))
         except OSError as exc:
             log.warning("runtime_dir_unreadable", error=str(exc))
             return None

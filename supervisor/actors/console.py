@@ -25,6 +25,7 @@ from typing import Final
 import attrs
 import trio
 
+from supervisor._fsutil import open_creating
 from supervisor.host import Host
 from supervisor.log import get_logger
 from supervisor.vmm.platform.consolepair import ensure_pair, open_console
@@ -228,12 +229,7 @@ class ConsoleLog:
     def write(self, data: bytes) -> None:
         if self._fd is None:
             flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC
-            try:
-                self._fd = os.open(self.path, flags, 0o640)
-            except FileNotFoundError:
-                # Made only when missing: a guest's first output must not cost a mkdir.
-                os.makedirs(os.path.dirname(self.path), exist_ok=True)
-                self._fd = os.open(self.path, flags, 0o640)
+            self._fd = open_creating(self.path, flags, 0o640)
             self._size = os.fstat(self._fd).st_size
         os.write(self._fd, data)
         self._size += len(data)

@@ -51,7 +51,7 @@ import attrs
 import structlog
 import trio
 
-from supervisor._fsutil import write_all, write_atomic
+from supervisor._fsutil import open_creating, write_all, write_atomic
 from supervisor.actors import lifecycle as lc
 from supervisor.actors.console import Console, ConsoleLog
 from supervisor.errors import GuestBusyError, InvalidStateError, SupervisorError
@@ -112,6 +112,11 @@ class GuestPaths:
 
     def status_file(self, name: str) -> str:
         return f"{self.run_dir}/{name}.status"
+
+    def guest_of(self, run_entry: str) -> str | None:
+        """The guest whose pid or status file is *run_entry* (a name in ``run_dir``)."""
+        name, _, suffix = run_entry.rpartition(".")
+        return name if suffix in ("pid", "status") and name else None
 
     def bhyve_log(self, name: str) -> str:
         return f"{self.log_dir}/{name}.bhyve.log"
@@ -772,13 +777,7 @@ class GuestActor:
 
     def _output_file(self) -> int:
         path = self.host.path(self.paths.bhyve_log(self.name))
-        flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT
-        try:
-            return os.open(path, flags, 0o640)
-        except FileNotFoundError:
-            # The directory is made only when missing, as write_atomic does.
-            os.makedirs(os.path.dirname(path), exist_ok=True)
-            return os.open(path, flags, 0o640)
+        return open_creating(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
 
     async def _run_loader(self, argv: tuple[str, ...]) -> lc.ExitStatus:
         out = self._output_file()
@@ -861,12 +860,7 @@ class GuestActor:
         # which reads as no pid file (the bhyve is then searched for; see adopt()). The
         # status file follows once the launch is applied (same step, no await between).
         path = self.host.path(self.paths.pid_file(self.name))
-        flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC
-        try:
-            fd = os.open(path, flags, 0o644)
-        except FileNotFoundError:
-            os.makedirs(os.path.dirname(path), exist_ok=True)  # the run directory went
-            fd = os.open(path, flags, 0o644)
+        fd = open_creating(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
         try:
             write_all(fd, f"{pid}\n".encode())
         finally:

@@ -168,24 +168,16 @@ def _insert_controller(
     return (*controllers[:insert_at], new, *controllers[insert_at:])
 
 
-def _has_controller(domain: Domain, type_: ControllerType, index: int = 0) -> bool:
-    return any(c.type == type_ and c.index == index for c in domain.controllers)
-
-
-def _add_controller(domain: Domain, new: Controller) -> Domain:
-    if _has_controller(domain, new.type, new.index):
-        return domain
-    return _draft(domain, controllers=_insert_controller(domain.controllers, new))
-
-
-def _with_controllers(
-    controllers: tuple[Controller, ...], wanted: Sequence[Controller]
-) -> tuple[Controller, ...]:
-    """*controllers* plus those of *wanted* whose type and index are missing."""
+def _add_controllers(domain: Domain, wanted: Sequence[Controller]) -> Domain:
+    """*domain* plus those of *wanted* whose type and index it lacks, in one draft (none
+    when it lacks nothing)."""
+    controllers = domain.controllers
     for new in wanted:
         if not any(c.type == new.type and c.index == new.index for c in controllers):
             controllers = _insert_controller(controllers, new)
-    return controllers
+    if controllers is domain.controllers:
+        return domain
+    return _draft(domain, controllers=controllers)
 
 
 def _implicit_bridges(domain: Domain) -> Domain:
@@ -200,10 +192,7 @@ def _implicit_bridges(domain: Domain) -> Domain:
     )
     if needs_lpc and domain.os.arch != "aarch64":
         wanted.append(Controller(type="isa", index=0))
-    controllers = _with_controllers(domain.controllers, wanted)
-    if controllers is domain.controllers:
-        return domain
-    return _draft(domain, controllers=controllers)
+    return _add_controllers(domain, wanted)
 
 
 def _device_defaults(domain: Domain, caps: Capabilities, ids: IdSource) -> Domain:
@@ -282,6 +271,7 @@ def _boot_order(domain: Domain) -> Domain:
 
 
 def _implicit_controllers(domain: Domain) -> Domain:
+    wanted: list[Controller] = []
     for bus, type_ in (("sata", "sata"), ("scsi", "scsi")):
         indices = [
             d.address.controller
@@ -292,12 +282,11 @@ def _implicit_controllers(domain: Domain) -> Domain:
             model = "virtio-scsi" if type_ == "scsi" else None
             for index in range(max(indices) + 1):
                 ctype: ControllerType = "sata" if type_ == "sata" else "scsi"
-                domain = _add_controller(domain, Controller(type=ctype, index=index, model=model))
+                wanted.append(Controller(type=ctype, index=index, model=model))
     consoles = [c.controller for c in domain.channels if c.controller is not None]
     if consoles:
-        for index in range(max(consoles) + 1):
-            domain = _add_controller(domain, Controller(type="virtio-serial", index=index))
-    return domain
+        wanted += [Controller(type="virtio-serial", index=i) for i in range(max(consoles) + 1)]
+    return _add_controllers(domain, wanted)
 
 
 # --------------------------------------------------------------------------------------
