@@ -324,13 +324,22 @@ def compile_package() -> None:
 class Daemon:
     """bhyvesupd on a simulated host, started as a user would start it."""
 
-    def __init__(self, sim: SimHost, log_path: Path, *, keep_guests: bool = False) -> None:
+    def __init__(
+        self,
+        sim: SimHost,
+        log_path: Path,
+        *,
+        keep_guests: bool = False,
+        log_level: str | None = None,
+    ) -> None:
         compile_package()
         self.sim = sim
         self.t_exec = time.monotonic()
         argv = [sys.executable, "-m", "supervisor.daemon", "--sim", str(sim.root), "--no-examples"]
         if keep_guests:
             argv.append("--keep-guests")
+        if log_level is not None:
+            argv += ["--log-level", log_level]
         self.log = open(log_path, "wb")  # noqa: SIM115
         self.proc = subprocess.Popen(argv, stdout=self.log, stderr=subprocess.STDOUT, cwd=REPO)
         self.pid = self.proc.pid

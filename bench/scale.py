@@ -84,6 +84,7 @@ def run_bhyvesupd(
     *,
     first_start: bool = False,
     start_only: bool = False,
+    log_level: str = "info",
 ) -> dict[str, Any]:
     res: dict[str, Any] = {}
     with temp_root("bench-scale-", memory_fs()) as d:
@@ -94,7 +95,7 @@ def run_bhyvesupd(
         # A host's boot: the daemon has run before and no definition changed since, so
         # its cache of parsed definitions is there (unless --first-start).
         res["load_parsed"], res["load_cached"] = sim.load_definitions(keep_cache=not first_start)
-        daemon = Daemon(sim, d / "daemon.out")
+        daemon = Daemon(sim, d / "daemon.out", log_level=log_level)
         try:
             daemon.wait_socket()
             with daemon.client() as c:
@@ -144,6 +145,7 @@ def run_supervisord(
     cli_runs: int,
     *,
     start_only: bool = False,
+    log_level: str = "info",
 ) -> dict[str, Any]:
     res: dict[str, Any] = {}
     with temp_root("bench-scale-sd-", memory_fs()) as d:
@@ -154,7 +156,7 @@ def run_supervisord(
         for name in names:
             argv, env = sim.bhyve_argv(name)
             programs[name] = (argv, env)
-        sd = Supervisord(d, programs)
+        sd = Supervisord(d, programs, loglevel=_SUPERVISORD_LEVEL[log_level])
         try:
             sd.wait_socket()
             rpc = sd.rpc()
@@ -188,6 +190,11 @@ def run_supervisord(
     return res
 
 
+# The same level for both: each logs every start at info (bhyvesupd guest_started,
+# supervisord "spawned" and "success"), neither at warning.
+_SUPERVISORD_LEVEL = {"info": "info", "warning": "warn"}
+
+
 def _system_env() -> dict[str, str]:
     # supervisorctl runs under the system Python: keep our venv out of its way.
     env = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "PYTHONPATH")}
@@ -211,6 +218,12 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
         help="start both supervisors this many times, one after the other, and give the "
         "start-up figures' medians (default 3, 1 with --quick)",
     )
+    p.add_argument(
+        "--log-level",
+        choices=sorted(_SUPERVISORD_LEVEL),
+        default="info",
+        help="both supervisors' log level (default: info, the default of each)",
+    )
     args = p.parse_args(argv)
     n = args.n or (30 if args.quick else 500)
     idle = args.idle or (2.0 if args.quick else 30.0)
@@ -220,14 +233,25 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
         print("scale: supervisord unavailable (apt-get install supervisor)")
         return []
     rounds = max(1, args.rounds or (1 if args.quick else 3))
-    ours = run_bhyvesupd(n, idle, calls, cli_runs, first_start=args.first_start)
-    peer = run_supervisord(n, ours["argv"], idle, calls, cli_runs)
+    level = args.log_level
+    ours = run_bhyvesupd(n, idle, calls, cli_runs, first_start=args.first_start, log_level=level)
+    peer = run_supervisord(n, ours["argv"], idle, calls, cli_runs, log_level=level)
     # The machine's state drifts between runs (its page cache, the other side's leftovers
     # being reclaimed): each further round starts both again, one after the other.
     starts = [(ours["start_cpu"], peer["start_cpu"], ours["start_wall"], peer["start_wall"])]
     for _ in range(rounds - 1):
-        o = run_bhyvesupd(n, idle, calls, cli_runs, first_start=args.first_start, start_only=True)
-        q = run_supervisord(n, ours["argv"], idle, calls, cli_runs, start_only=True)
+        o = run_bhyvesupd(
+            n,
+            idle,
+            calls,
+            cli_runs,
+            first_start=args.first_start,
+            start_only=True,
+            log_level=level,
+        )
+        q = run_supervisord(
+            n, ours["argv"], idle, calls, cli_runs, start_only=True, log_level=level
+        )
         starts.append((o["start_cpu"], q["start_cpu"], o["start_wall"], q["start_wall"]))
     if rounds > 1:
         ratios = ", ".join(f"{a:.2f}/{b:.2f}" for a, b, _, _ in starts)
@@ -255,7 +279,9 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
             peer_name=sd,
         ),
         report(
-            f"scale.start_all_cpu[{n}]" + (" (first start)" if args.first_start else ""),
+            f"scale.start_all_cpu[{n}]"
+            + (" (first start)" if args.first_start else "")
+            + (f" (both logging at {level})" if level != "info" else ""),
             ours["start_cpu"],
             "s",
             peer=peer["start_cpu"],
