@@ -390,14 +390,25 @@ async def _clear_stale(path: str) -> None:
 
 async def _listen_unix(path: str, mode: int, group: int | None) -> trio.socket.SocketType:
     await _clear_stale(path)
+    # The socket appears at *path* only once it listens. Between bind(2) and listen(2)
+    # a connect is refused, and a client (an rc.d script polling for the socket)
+    # would report a daemon that is starting as one not running. So it is bound under
+    # a private name in the same directory, given its group and mode, set listening,
+    # and then linked to *path*: link(2), unlike rename(2), fails when *path* exists,
+    # so of two daemons started at once only one gets it, as bind(2) decided before.
+    staging = _staging_name(path)
+    if len(os.fsencode(staging)) >= _SUN_PATH_MAX:
+        staging = path  # no room for the private name: bind in place, as before
+    elif os.path.lexists(staging):
+        os.unlink(staging)  # left by an earlier daemon of this pid that died right here
     sock = trio.socket.socket(trio.socket.AF_UNIX, trio.socket.SOCK_STREAM)
-    bound = False
+    bound = ""
     try:
         # The umask closes the window between bind and chmod in which the socket would
         # carry the process's default mode.
         old = os.umask(0o177)
         try:
-            await sock.bind(path)
+            await sock.bind(staging)
         except OSError as exc:
             if exc.errno == errno.EADDRINUSE:
                 raise SocketInUseError(
@@ -406,17 +417,36 @@ async def _listen_unix(path: str, mode: int, group: int | None) -> trio.socket.S
             raise
         finally:
             os.umask(old)
-        bound = True
+        bound = staging
         if group is not None:
-            os.chown(path, -1, group)
-        os.chmod(path, mode)
+            os.chown(staging, -1, group)
+        os.chmod(staging, mode)
         sock.listen(BACKLOG)
+        if staging != path:
+            try:
+                os.link(staging, path)
+            except FileExistsError:
+                raise SocketInUseError(
+                    f"another server is listening on {path}; refusing to start"
+                ) from None
+            bound = path
+            os.unlink(staging)
     except BaseException:
         sock.close()
         if bound:
-            _unlink_quietly(path)
+            _unlink_quietly(bound)
         raise
     return sock
+
+
+#: sun_path's size on FreeBSD (104) and Linux (108): the smaller bounds both.
+_SUN_PATH_MAX = 104
+
+
+def _staging_name(path: str) -> str:
+    """The private name a socket for *path* is bound under until it listens."""
+    directory, base = os.path.split(path)
+    return os.path.join(directory, f".{base}.{os.getpid()}")
 
 
 def _unlink_quietly(path: str, ident: tuple[int, int] | None = None) -> None:

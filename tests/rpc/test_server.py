@@ -230,6 +230,55 @@ async def test_a_live_socket_or_a_plain_file_is_never_replaced(
         assert await client.call("test.echo", value="still here") == "still here"
 
 
+async def test_the_socket_appears_only_once_it_listens(
+    tmp_path: Path, start_server: ServerFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A client polling for the socket while the daemon starts (an rc.d script) must
+    # never find it bound but refusing: it would say "daemon not running".
+    path = tmp_path / "bus.sock"
+    seen: list[str] = []
+    real_chmod = os.chmod
+
+    def chmod_and_probe(target: Any, mode: int) -> None:
+        real_chmod(target, mode)  # between bind(2) and listen(2)
+        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            probe.connect(str(path))
+            seen.append("connected")
+        except OSError as exc:
+            seen.append(type(exc).__name__)
+        finally:
+            probe.close()
+
+    monkeypatch.setattr("supervisor.rpc.server.os.chmod", chmod_and_probe)
+    await start_server(path=path)
+    monkeypatch.undo()
+    assert seen == ["FileNotFoundError"]
+    assert sorted(os.listdir(tmp_path)) == ["bus.sock"]  # no private name left behind
+    async with open_client(str(path)) as client:
+        assert await client.call("test.echo", value=1) == 1
+
+
+async def test_of_two_servers_starting_at_once_only_one_gets_the_socket(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "bus.sock"
+    other = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    real_chmod = os.chmod
+
+    def chmod_and_race(target: Any, mode: int) -> None:
+        real_chmod(target, mode)
+        other.bind(str(path))  # the other daemon got there first
+        other.listen(1)
+
+    monkeypatch.setattr("supervisor.rpc.server.os.chmod", chmod_and_race)
+    with other, pytest.raises(SocketInUseError, match="another server is listening"):
+        await serve_unix(str(path), make_registry(Gate()), authorize=group_policy())
+    monkeypatch.undo()
+    assert sorted(os.listdir(tmp_path)) == ["bus.sock"]
+    assert stat.S_ISSOCK(os.stat(path).st_mode)
+
+
 # --------------------------------------------------------------------------- calls
 
 
