@@ -114,7 +114,7 @@ def test_streamed_memory_peek_across_the_pci_hole_to_the_end_of_ram(tmp_path: Pa
             with _SameAs(vmm, start) as sink, s.client() as c:
                 c.call_stream("domain.memory_peek", sink, name="big", start=start, size=size)
             assert sink.count == size
-        log = (tmp_path / "daemon.out").read_text()
+        log = (s.root / "var/log/bhyvesupd/bhyvesupd.log").read_text()
         assert "bulk_stream_unmappable" not in log
 
 
