@@ -420,6 +420,7 @@ class Daemon:
             (g for g in self.guests.values() if g.domain.policy.autostart),
             key=lambda g: (g.domain.policy.start_order, g.domain.name),
         )
+        await self._prepare_consoles(todo)
         for guest in todo:
             for dep in guest.domain.policy.depends_on:
                 dep_guest = self.guests.get(dep)
@@ -444,6 +445,19 @@ class Daemon:
             await self._start_quietly(guest)
             if guest.domain.policy.start_delay > 0:
                 await trio.sleep(guest.domain.policy.start_delay)
+
+    async def _prepare_consoles(self, guests: list[Guest]) -> None:
+        # The simulated host's console relay makes all their pairs on one request
+        # instead of one each; FreeBSD has nothing to prepare (see consolepair).
+        paths = [
+            g.actor.console.b_path
+            for g in guests
+            if g.actor.console is not None and not g.actor.console.is_open
+        ]
+        try:
+            await consolepair.ensure_pairs(self.host, paths)
+        except SupervisorError as exc:
+            log.warning("consoles_not_prepared", error=str(exc))
 
     async def adopt_all(self) -> dict[str, str]:
         """Take over the guests an earlier daemon left running, and clean the leftovers

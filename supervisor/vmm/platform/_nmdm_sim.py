@@ -21,7 +21,7 @@ from contextlib import asynccontextmanager
 import trio
 
 from supervisor._triosock import open_unix
-from supervisor.errors import HostNotReadyError
+from supervisor.errors import HostNotReadyError, SupervisorError
 from supervisor.host import Host
 from supervisor.vmm.platform._nmdm import NmdmPath
 from supervisor.vmm.sim import nmdm
@@ -44,15 +44,22 @@ class _Link:
         self.sock: trio.socket.SocketType | None = None
         self.lock = trio.Lock()
         self.queue: list[_Ask] = []
+        #: Pairs (``nmdm0``) the relay made or found on this connection's requests.
+        self.made: set[str] = set()
 
     async def ask(self, request: dict[str, str]) -> bytes | None:
         """The relay's answer line, or None when this link cannot be used (no relay
         runs, or the one it knew has gone): ask the way a lone request does."""
-        mine = _Ask(request)
-        self.queue.append(mine)
+        return (await self.ask_all([request]))[0]
+
+    async def ask_all(self, requests: list[dict[str, str]]) -> list[bytes | None]:
+        """The relay's answer lines to *requests*, in order (see :meth:`ask`)."""
+        mine = [_Ask(r) for r in requests]
+        # Queued together, with no checkpoint between: one exchange takes all of them.
+        self.queue.extend(mine)
         async with self.lock:
-            if mine.answered:
-                return mine.line
+            if mine[0].answered:
+                return [a.line for a in mine]
             batch, self.queue = self.queue, []
             lines: list[bytes] = []
             try:
@@ -79,16 +86,17 @@ class _Link:
                     a.answer(None)
                 if isinstance(exc, trio.TooSlowError):
                     raise HostNotReadyError(
-                        f"nmdm relay of {self.root}: no answer to {request['op']!r}: timed out"
+                        f"nmdm relay of {self.root}: no answer to {requests[0]['op']!r}: timed out"
                     ) from exc
                 raise
             if len(lines) < len(batch):
                 self.close()  # a relay that went away: the next request reconnects
             for i, a in enumerate(batch):
                 a.answer(lines[i] if i < len(lines) else None)
-            return mine.line
+            return [a.line for a in mine]
 
     def close(self) -> None:
+        self.made.clear()  # a relay that restarts has none of the old pairs
         if self.sock is not None:
             self.sock.close()
             self.sock = None
@@ -128,8 +136,10 @@ async def session(host: Host) -> AsyncIterator[None]:
 
 async def ensure_pair(host: Host, end: NmdmPath) -> None:
     """Have the simulated host's relay create the pair (starting the relay if needed)."""
-    request = {"op": "ensure", "path": end.path}
     link = _LINKS.get({}).get(host.root)
+    if link is not None and end.pair in link.made and os.path.exists(host.path(end.path)):
+        return  # made in this session (see ensure_pairs), and its node still leads to it
+    request = {"op": "ensure", "path": end.path}
     line = None if link is None else await link.ask(request)
     if line is None:
         line = await _ask_running_relay(host.root, request)
@@ -138,6 +148,26 @@ async def ensure_pair(host: Host, end: NmdmPath) -> None:
         await trio.to_thread.run_sync(nmdm.ensure_pair, host.root, end.path)
         return
     nmdm.decode_reply(host.root, request, line)
+    if link is not None:
+        link.made.add(end.pair)
+
+
+async def ensure_pairs(host: Host, ends: list[NmdmPath]) -> None:
+    """Have the relay create *ends*' pairs in one exchange, ahead of their guests'
+    starts, whose own :func:`ensure_pair` then asks nothing. Within a :func:`session`
+    only; a pair it could not make is left for that guest's own request to report."""
+    link = _LINKS.get({}).get(host.root)
+    if link is None or not ends:
+        return
+    requests = [{"op": "ensure", "path": end.path} for end in ends]
+    for end, request, line in zip(ends, requests, await link.ask_all(requests), strict=True):
+        if line is None:
+            return  # no relay, or it went away: each guest asks on its own
+        try:
+            nmdm.decode_reply(host.root, request, line)
+        except SupervisorError:
+            continue
+        link.made.add(end.pair)
 
 
 async def _connect(root: str) -> trio.socket.SocketType | None:

@@ -19,19 +19,21 @@ import termios
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 
-from supervisor.errors import HostNotReadyError, UnsupportedError
+from supervisor.errors import HostNotReadyError, InvalidValueError, UnsupportedError
 from supervisor.host import Host
 from supervisor.vmm.platform._nmdm import NmdmPath as NmdmPath
 from supervisor.vmm.platform._nmdm import make_raw
 from supervisor.vmm.platform._nmdm import parse_nmdm_path as parse_nmdm_path
 
 _EnsurePair = Callable[[Host, NmdmPath], Awaitable[None]]
+_EnsurePairs = Callable[[Host, list[NmdmPath]], Awaitable[None]]
 _Session = Callable[[Host], AbstractAsyncContextManager[None]]
 
 #: How a real (unrooted) host and a simulated (rooted) host make a pair on this OS;
 #: None where that kind of host cannot exist here.
 _REAL: _EnsurePair | None = None
 _ROOTED: _EnsurePair | None = None
+_ROOTED_MANY: _EnsurePairs | None = None
 _ROOTED_SESSION: _Session | None = None
 
 if sys.platform.startswith("freebsd"):
@@ -42,6 +44,7 @@ elif sys.platform == "linux":
     from supervisor.vmm.platform import _nmdm_sim
 
     _ROOTED = _nmdm_sim.ensure_pair
+    _ROOTED_MANY = _nmdm_sim.ensure_pairs
     _ROOTED_SESSION = _nmdm_sim.session
 
 #: How the supervisor opens its end: never our controlling tty, never blocking.
@@ -71,6 +74,28 @@ async def ensure_pair(host: Host, b_path: str) -> None:
             f"console pair {b_path}: nmdm pairs are not available on {kind} under {sys.platform}"
         )
     await make_pair(host, end)
+
+
+async def ensure_pairs(host: Host, b_paths: list[str]) -> None:
+    """Prepare many pairs ahead of their guests' starts, as far as this host can.
+
+    Nothing on FreeBSD (see :func:`ensure_pair`). Within a :func:`session` on the
+    simulated host, one request to the relay makes them all, and each guest's own
+    :func:`ensure_pair` then asks nothing. Never raises for a pair: what could not be
+    made here is made, or reported, by that guest's :func:`ensure_pair`.
+
+    Raises:
+        HostNotReadyError: the simulated host's relay did not answer in time.
+    """
+    if not host.is_rooted or _ROOTED_MANY is None:
+        return
+    ends = []
+    for path in b_paths:
+        try:
+            ends.append(parse_nmdm_path(path))
+        except InvalidValueError:
+            continue
+    await _ROOTED_MANY(host, ends)
 
 
 @asynccontextmanager

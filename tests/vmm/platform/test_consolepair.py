@@ -276,3 +276,37 @@ async def test_a_request_cancelled_mid_exchange_spoils_no_other(
         assert first.cancelled_caught
     for i in range(10):
         os.close(consolepair.open_console(host, f"/dev/nmdm-y{i}.1B"))
+
+
+async def test_pairs_prepared_together_need_no_request_each(
+    host: Host, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The daemon's autostart prepares every guest's pair in one request; each guest's
+    # own ensure then asks nothing, unless its pair has gone since.
+    await consolepair.ensure_pair(host, "/dev/nmdm-a.1B")  # starts the relay
+    paths = [f"/dev/nmdm-p{i}.1B" for i in range(40)]
+    async with consolepair.session(host):
+        await consolepair.ensure_pairs(host, [*paths, "/dev/not-a-console"])
+        assert {p[:-1] + "A" for p in paths} <= set(nmdm.list_pairs(host.root))
+        asked: list[dict[str, str]] = []
+        real_ask = _nmdm_sim._Link.ask_all
+
+        async def counting(self: _nmdm_sim._Link, requests: list[dict[str, str]]) -> object:
+            asked.extend(requests)
+            return await real_ask(self, requests)
+
+        monkeypatch.setattr(_nmdm_sim._Link, "ask_all", counting)
+        for path in paths:
+            await consolepair.ensure_pair(host, path)
+            os.close(consolepair.open_console(host, path))
+        assert asked == []
+        # A pair torn down behind the session's back is made again, not taken as made.
+        nmdm.destroy_pair(host.root, paths[7])
+        await consolepair.ensure_pair(host, paths[7])
+        assert [r["path"] for r in asked] == [paths[7]]
+        os.close(consolepair.open_console(host, paths[7]))
+
+
+async def test_preparing_pairs_on_freebsd_does_nothing() -> None:
+    # devfs makes a pair on its first open; a lookup now would only leave litter.
+    await consolepair.ensure_pairs(FREEBSD, ["/dev/nmdm0B", "/dev/nmdm1B"])
