@@ -61,6 +61,12 @@ _MAPPED_MAX = 4096
 SYSTEM_TREES: tuple[str, ...] = ("/dev", "/var", "/usr", "/etc", "/boot", "/sbin", "/bin")
 
 
+def _is_normal(path: str) -> bool:
+    """Whether normpath would leave the absolute *path* as it is (a quick, safe test:
+    False may still be normal)."""
+    return "//" not in path and "/." not in path and not path.endswith("/")
+
+
 @attrs.frozen
 class Host:
     """Where a host keeps things.
@@ -80,9 +86,14 @@ class Host:
     #: of the trees. Not part of the host's identity.
     _mapped: dict[str, str] = attrs.field(factory=dict, init=False, eq=False, repr=False)
     _is_rooted: bool = attrs.field(init=False, eq=False, repr=False)
+    #: ``root`` without a trailing slash, and each rooted tree with one.
+    _root_base: str = attrs.field(init=False, eq=False, repr=False)
+    _tree_prefixes: tuple[str, ...] = attrs.field(init=False, eq=False, repr=False)
 
     def __attrs_post_init__(self) -> None:
         object.__setattr__(self, "_is_rooted", os.path.normpath(self.root) != "/")
+        object.__setattr__(self, "_root_base", self.root.rstrip("/"))
+        object.__setattr__(self, "_tree_prefixes", tuple(f"{t}/" for t in self.rooted))
 
     @property
     def is_rooted(self) -> bool:
@@ -107,12 +118,13 @@ class Host:
         return mapped
 
     def _map(self, freebsd_path: str) -> str:
-        if not self.is_rooted:
+        if not self._is_rooted:
             return freebsd_path
-        norm = os.path.normpath(freebsd_path)
-        for tree in self.rooted:
-            if norm == tree or norm.startswith(tree + "/"):
-                return os.path.join(self.root, norm.lstrip("/"))
+        # A start maps each of its guest's paths for the first time: the common,
+        # already normal path skips normpath (pure Python before 3.12).
+        norm = freebsd_path if _is_normal(freebsd_path) else os.path.normpath(freebsd_path)
+        if norm.startswith(self._tree_prefixes) or norm in self.rooted:
+            return self._root_base + norm
         return freebsd_path
 
     def unpath(self, local_path: str) -> str:
