@@ -7,6 +7,7 @@ of what "raw" means. Everything but :func:`make_raw` is pure.
 
 from __future__ import annotations
 
+import functools
 import termios
 from collections.abc import Sequence
 from typing import Any, Literal
@@ -49,6 +50,9 @@ class NmdmPath:
         return NmdmPath(self.pair, "B" if self.end == "A" else "A")
 
 
+# Pure, and asked again for the same few paths at every start of a guest (its pair is
+# ensured, then opened): the answer is remembered.
+@functools.lru_cache(maxsize=4096)
 def parse_nmdm_path(path: str) -> NmdmPath:
     """Check *path* against nmdm(4)'s cloning rule and split it into pair and end.
 
