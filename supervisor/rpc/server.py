@@ -399,8 +399,8 @@ async def _listen_unix(path: str, mode: int, group: int | None) -> trio.socket.S
     staging = _staging_name(path)
     if len(os.fsencode(staging)) >= _SUN_PATH_MAX:
         staging = path  # no room for the private name: bind in place, as before
-    elif os.path.lexists(staging):
-        os.unlink(staging)  # left by an earlier daemon of this pid that died right here
+    else:
+        _unlink_quietly(staging)  # left by an earlier daemon of this pid that died here
     sock = trio.socket.socket(trio.socket.AF_UNIX, trio.socket.SOCK_STREAM)
     bound = ""
     try:

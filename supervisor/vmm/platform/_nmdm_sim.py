@@ -14,6 +14,7 @@ socket per guest was most of what a pair cost the daemon.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -95,6 +96,20 @@ class _Link:
                 a.answer(lines[i] if i < len(lines) else None)
             return [a.line for a in mine]
 
+    def knows(self, host: Host, end: NmdmPath) -> bool:
+        """Whether *end*'s pair was made on this link and its node still leads to it."""
+        return end.pair in self.made and os.path.exists(host.path(end.path))
+
+    def settle(self, request: dict[str, str], end: NmdmPath, line: bytes) -> None:
+        """Read the relay's *line* in answer to ensuring *end*'s pair, and remember the
+        pair as made.
+
+        Raises:
+            SupervisorError: the relay refused (see :func:`nmdm.decode_reply`).
+        """
+        nmdm.decode_reply(self.root, request, line)
+        self.made.add(end.pair)
+
     def close(self) -> None:
         self.made.clear()  # a relay that restarts has none of the old pairs
         if self.sock is not None:
@@ -137,19 +152,20 @@ async def session(host: Host) -> AsyncIterator[None]:
 async def ensure_pair(host: Host, end: NmdmPath) -> None:
     """Have the simulated host's relay create the pair (starting the relay if needed)."""
     link = _LINKS.get({}).get(host.root)
-    if link is not None and end.pair in link.made and os.path.exists(host.path(end.path)):
-        return  # made in this session (see ensure_pairs), and its node still leads to it
-    request = {"op": "ensure", "path": end.path}
-    line = None if link is None else await link.ask(request)
-    if line is None:
-        line = await _ask_running_relay(host.root, request)
+    request = _ensure_request(end)
+    if link is not None:
+        if link.knows(host, end):
+            return  # made in this session (see ensure_pairs)
+        line = await link.ask(request)
+        if line is not None:
+            link.settle(request, end, line)
+            return
+    line = await _ask_running_relay(host.root, request)
     if line is None:
         # Blocking: it may start the relay process and waits for its answer.
         await trio.to_thread.run_sync(nmdm.ensure_pair, host.root, end.path)
         return
     nmdm.decode_reply(host.root, request, line)
-    if link is not None:
-        link.made.add(end.pair)
 
 
 async def ensure_pairs(host: Host, ends: list[NmdmPath]) -> None:
@@ -159,15 +175,16 @@ async def ensure_pairs(host: Host, ends: list[NmdmPath]) -> None:
     link = _LINKS.get({}).get(host.root)
     if link is None or not ends:
         return
-    requests = [{"op": "ensure", "path": end.path} for end in ends]
+    requests = [_ensure_request(end) for end in ends]
     for end, request, line in zip(ends, requests, await link.ask_all(requests), strict=True):
         if line is None:
             return  # no relay, or it went away: each guest asks on its own
-        try:
-            nmdm.decode_reply(host.root, request, line)
-        except SupervisorError:
-            continue
-        link.made.add(end.pair)
+        with contextlib.suppress(SupervisorError):
+            link.settle(request, end, line)
+
+
+def _ensure_request(end: NmdmPath) -> dict[str, str]:
+    return {"op": "ensure", "path": end.path}
 
 
 async def _connect(root: str) -> trio.socket.SocketType | None:
