@@ -335,7 +335,7 @@ class Daemon:
         compile_package()
         self.sim = sim
         self.t_exec = time.monotonic()
-        argv = [sys.executable, "-m", "supervisor.daemon", "--sim", str(sim.root), "--no-examples"]
+        argv = [sys.executable, "-m", "supervisor", "--sim", str(sim.root), "--no-examples"]
         if keep_guests:
             argv.append("--keep-guests")
         if log_level is not None:
