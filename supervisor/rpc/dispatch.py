@@ -297,25 +297,33 @@ class Method:
 _H = TypeVar("_H", bound=Callable[..., Awaitable[Any]])
 
 
-def _hints(name: str, handler: Callable[..., Awaitable[Any]]) -> dict[str, Any]:
+def _hints(
+    name: str, handler: Callable[..., Awaitable[Any]], evaluated: dict[tuple[str, int], Any]
+) -> dict[str, Any]:
     """The handler's annotations, evaluated one by one so that a failure names its own.
 
     A return annotation that cannot be evaluated (a name imported only for type
     checking) is left out; the reference then shows the result as ``any``.
+
+    *evaluated* remembers each annotation's value by its text and module: a method
+    table's few dozen handlers spell the same ``str``, ``int`` and ``str | None`` a few
+    hundred times, and typing's evaluation compiles the text anew every time.
     """
-    try:
-        return typing.get_type_hints(handler)
-    except NameError:
-        pass
     hints: dict[str, Any] = {}
     namespace = getattr(handler, "__globals__", {})
     for key, annotation in inspect.get_annotations(handler).items():
         if not isinstance(annotation, str):
             hints[key] = annotation
             continue
+        cache_key = (annotation, id(namespace))
+        try:
+            hints[key] = evaluated[cache_key]
+            continue
+        except KeyError:
+            pass
         try:
             # Annotations are source code of the handler's own module, as typing evaluates them.
-            hints[key] = eval(annotation, namespace)
+            hints[key] = evaluated[cache_key] = eval(annotation, namespace)
         except NameError as exc:
             if key != "return":
                 raise TypeError(
@@ -325,11 +333,15 @@ def _hints(name: str, handler: Callable[..., Awaitable[Any]]) -> dict[str, Any]:
     return hints
 
 
-def _signature(name: str, handler: Callable[..., Awaitable[Any]]) -> tuple[list[Param], str]:
+def _signature(
+    name: str,
+    handler: Callable[..., Awaitable[Any]],
+    evaluated: dict[tuple[str, int], Any],
+) -> tuple[list[Param], str]:
     if not inspect.iscoroutinefunction(handler):
         raise TypeError(f"{name}: the handler must be an async function")
     sig = inspect.signature(handler)
-    hints = _hints(name, handler)
+    hints = _hints(name, handler, evaluated)
     parameters = list(sig.parameters.values())
     if not parameters or parameters[0].kind not in (
         inspect.Parameter.POSITIONAL_ONLY,
@@ -365,6 +377,9 @@ class Registry:
 
     def __init__(self) -> None:
         self._methods: dict[str, Method] = {}
+        # Annotations evaluated so far (see _hints); the handlers hold their modules,
+        # so a module's id names it for as long as this registry lives.
+        self._evaluated: dict[tuple[str, int], Any] = {}
 
     def add(
         self,
@@ -398,7 +413,7 @@ class Registry:
             raise ValueError(f"method name: {name!r} is already registered")
         if access not in ("rw", "ro"):
             raise ValueError(f"access: must be 'rw' or 'ro', got {access!r}")
-        params, returns = _signature(name, handler)
+        params, returns = _signature(name, handler, self._evaluated)
         method = Method(
             name=name,
             handler=handler,
