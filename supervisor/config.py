@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import grp
 import os
-import tomllib
 import typing
 from typing import Any, Literal, TypeVar
 
@@ -136,6 +135,8 @@ def parse_config(text: str, *, source: str = "<config>") -> Config:
         ConfigError: the TOML is malformed, a key is unknown or a value has the wrong
             type; the message names the key.
     """
+    import tomllib  # here: a daemon started without a configuration file never needs it
+
     try:
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
