@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import datetime
 import json
 import logging
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -38,6 +40,27 @@ def test_events_below_the_level_are_dropped_and_the_rest_are_json(
         ("guest_started", "web1", 42, "info")
     ]
     assert lines[0]["timestamp"].endswith("Z")
+
+
+def test_timestamps_are_utc_to_the_microsecond_and_in_order(
+    tmp_path: Path, restore_logging: None
+) -> None:
+    path = tmp_path / "bhyvesupd.log"
+    logsetup.configure(level="info", log_file=str(path), console=False)
+    logger = logsetup.get_logger("bhyvesupd")
+    before = datetime.datetime.now(datetime.UTC)
+    for n in range(200):
+        logger.info("guest_started", pid=n)
+    after = datetime.datetime.now(datetime.UTC)
+    stamps = [json.loads(line)["timestamp"] for line in path.read_text().splitlines()]
+    assert len(stamps) == 200
+    # One width for every line (ISO 8601 with microseconds, even when they are zero),
+    # so a log sorted as text is sorted in time.
+    assert all(re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z", s) for s in stamps)
+    times = [datetime.datetime.fromisoformat(s) for s in stamps]
+    assert times == sorted(times)
+    assert before - datetime.timedelta(microseconds=1) <= times[0]
+    assert times[-1] <= after + datetime.timedelta(microseconds=1)
 
 
 def test_a_log_file_that_cannot_be_written_is_reported_once_then_recovers(
