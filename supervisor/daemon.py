@@ -33,7 +33,6 @@ from supervisor.actors import lifecycle as lc
 from supervisor.actors.guest import GuestActor, GuestPaths, LaunchHook, LaunchPlan
 from supervisor.config import Config, group_id, load_config
 from supervisor.domain.model import Domain
-from supervisor.domain.xml import format_domain_xml, parse_domain_xml
 from supervisor.errors import (
     ConfigError,
     GuestExistsError,
@@ -315,6 +314,8 @@ class Daemon:
             GuestExistsError: another guest already has that UUID, or that name with
                 another UUID.
         """
+        from supervisor.domain.xml import parse_domain_xml
+
         domain = parse_domain_xml(xml.encode() if isinstance(xml, str) else xml, caps=self.caps)
         existing = self.guests.get(domain.name)
         for other in self.guests.values():
@@ -691,16 +692,35 @@ def _make_dirs(host: Host, config: Config) -> None:
 
 def definition_store(host: Host, config: Config) -> DefinitionStore:
     """The guest definitions of *host*, with the cache of parsed ones."""
-    from supervisor.domain import model, postparse, xml
-
     return DefinitionStore(
         host,
         config.guests.domains_dir,
-        parse_domain_xml,
-        format_domain_xml,
+        _parse_definition,
+        _format_definition,
         cache_path=host.path(CACHE_FILE),
-        stamp=source_stamp(xml, model, postparse, capsmod),
+        stamp=source_stamp(
+            "supervisor.domain.xml",
+            "supervisor.domain.model",
+            "supervisor.domain.postparse",
+            "supervisor.vmm.caps",
+        ),
     )
+
+
+# The XML layer (and lxml) is imported on first use: with every definition in the
+# cache, a daemon starts without it.
+
+
+def _parse_definition(data: bytes) -> Domain:
+    from supervisor.domain.xml import parse_domain_xml
+
+    return parse_domain_xml(data)
+
+
+def _format_definition(domain: Domain) -> str:
+    from supervisor.domain.xml import format_domain_xml
+
+    return format_domain_xml(domain)
 
 
 def provision_examples(host: Host, config: Config, examples: Iterable[Path]) -> list[str]:
@@ -708,6 +728,8 @@ def provision_examples(host: Host, config: Config, examples: Iterable[Path]) -> 
 
     Returns the names defined; existing definitions are left alone.
     """
+    from supervisor.domain.xml import parse_domain_xml
+
     store = definition_store(host, config)
     defined = []
     existing, _ = store.load_all()

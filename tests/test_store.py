@@ -162,3 +162,20 @@ def test_without_a_cache_path_every_load_parses(host: Host) -> None:
         store.load_all()
         assert len(parse.parsed) == 3
     assert not os.path.exists(host.path(CACHE_FILE))
+
+
+def test_the_code_stamp_changes_with_a_module_file_and_does_not_import_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import sys
+
+    (tmp_path / "stampmod_parser.py").write_text("raise RuntimeError('imported')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    before = store_module.source_stamp("stampmod_parser", "supervisor.domain.model")
+    assert "stampmod_parser" not in sys.modules
+    assert store_module.source_stamp("stampmod_parser", "supervisor.domain.model") == before
+    (tmp_path / "stampmod_parser.py").write_text("raise RuntimeError('imported, v2')\n")
+    assert store_module.source_stamp("stampmod_parser", "supervisor.domain.model") != before
+    # A module that is not there still gives a stamp (its name), so the cache is
+    # written and read by the same daemon.
+    assert "no_such_module_here" in store_module.source_stamp("no_such_module_here")

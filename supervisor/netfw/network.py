@@ -28,13 +28,14 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import attrs
-from lxml import etree
 
-from supervisor.domain.xml import parse_xml_document
 from supervisor.errors import InvalidValueError
+
+if TYPE_CHECKING:
+    from lxml import etree
 
 NS = "urn:bhyve-supervisor:network:1"
 
@@ -157,6 +158,9 @@ def parse_network_xml(data: bytes | str) -> Network:
     Raises:
         InvalidValueError: malformed XML or a bad or unsupported value (the field named).
     """
+    # Here, not at the top: a host with no network to load starts without lxml.
+    from supervisor.domain.xml import parse_xml_document
+
     root = parse_xml_document(data)
     if root.tag != "network":
         raise _bad("network", f"the root element must be <network>, got <{root.tag}>")
