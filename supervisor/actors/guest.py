@@ -164,6 +164,15 @@ class _Queue(Generic[_T]):
             task, self._waiter = self._waiter, None
             trio.lowlevel.reschedule(task)
 
+    @property
+    def pending(self) -> int:
+        """Items waiting."""
+        return len(self._items)
+
+    def take_nowait(self) -> _T | None:
+        """The first item, if one is waiting (no schedule point)."""
+        return self._items.pop(0) if self._items else None
+
     async def get(self) -> _T | None:
         if not self._items and not self.closed:
             assert self._waiter is None, "one consumer only"
@@ -248,6 +257,7 @@ class GuestActor:
             )
         self._mailbox: _Queue[_Request] = _Queue(mailbox_size)
         self._work: _Queue[lc.Action] = _Queue()
+        self._worker_started = False
         self._nursery: trio.Nursery | None = None
         self._timers: dict[lc.Timer, trio.CancelScope] = {}
         self._launch_scope: trio.CancelScope | None = None
@@ -377,7 +387,7 @@ class GuestActor:
             try:
                 async with trio.open_nursery() as nursery:
                     self._nursery = nursery
-                    nursery.start_soon(self._worker)
+                    self._start_worker()  # for actions applied before the actor ran
                     task_status.started()
                     while (req := await self._mailbox.get()) is not None:
                         try:
@@ -609,14 +619,14 @@ class GuestActor:
                     self._launch_scope.cancel()
             case lc.Launch():
                 self._launch_cancelled = False
-                self._work.put(action)
+                self._queue_work(action)
             case lc.Cleanup():
                 # Counted from now: a client told "shutoff" must not find the VM, the
                 # pid file or the taps still there (see wait_settled).
                 self._cleanups_pending += 1
-                self._work.put(action)
+                self._queue_work(action)
             case _:
-                self._work.put(action)
+                self._queue_work(action)
 
     def _signal(self, signo: int) -> None:
         pid = self.machine.pid
@@ -647,8 +657,27 @@ class GuestActor:
 
     # -- the worker: host actions, in order --------------------------------------------------
 
+    def _queue_work(self, action: lc.Action) -> None:
+        self._work.put(action)
+        self._start_worker()
+
+    def _start_worker(self) -> None:
+        # Started by the first action, which it takes at once: a worker started with the
+        # actor would take a step of its own just to start waiting, for every guest of
+        # the host, most of which then start.
+        if not self._worker_started and self._nursery is not None and self._work.pending:
+            self._worker_started = True
+            self._nursery.start_soon(self._worker)
+
     async def _worker(self) -> None:
-        while (action := await self._work.get()) is not None:
+        try:
+            await self._work_loop()
+        finally:
+            self._worker_started = False  # cancelled with the actor: a next run starts one
+
+    async def _work_loop(self) -> None:
+        action = self._work.take_nowait()
+        while action is not None:
             try:
                 await self._perform(action)
             except Exception as exc:
@@ -658,6 +687,7 @@ class GuestActor:
                 )
                 if isinstance(action, lc.Launch):
                     self._apply(lc.LaunchFailed(reason=str(exc), host_fault=_is_host_fault(exc)))
+            action = await self._work.get()
 
     async def _perform(self, action: lc.Action) -> None:
         match action:
