@@ -567,18 +567,27 @@ class _Relay:
             self._drop_client(client)
             return
         client.received += data
-        while b"\n" in client.received:
-            line, _, rest = client.received.partition(b"\n")
-            client.received = bytearray(rest)
+        *lines, rest = client.received.split(b"\n")
+        client.received = rest
+        # The answers to everything this read brought go back in one write: a daemon
+        # asking for all its guests' pairs at once then wakes once, not once a pair.
+        replies: list[bytes] = []
+        stopping = False
+        for line in lines:
             reply = self._answer(bytes(line))
+            replies.append(json.dumps(reply).encode() + b"\n")
+            if reply.get("stopping"):
+                stopping = True
+                break
+        if replies:
             try:
-                client.sock.sendall(json.dumps(reply).encode() + b"\n")
+                client.sock.sendall(b"".join(replies))
             except OSError:
                 self._drop_client(client)
                 return
-            if reply.get("stopping"):
-                self._drop_client(client)
-                raise _Stop
+        if stopping:
+            self._drop_client(client)
+            raise _Stop
 
     def _drop_client(self, client: _Client) -> None:
         fd = client.sock.fileno()
