@@ -647,7 +647,7 @@ class GuestActor:
         assert self._nursery is not None
 
         async def fire() -> None:
-            with scope:
+            with scope, structlog.contextvars.bound_contextvars(guest=self.name):
                 await trio.sleep(delay)
                 if self._timers.get(timer) is scope:
                     del self._timers[timer]
@@ -670,10 +670,14 @@ class GuestActor:
             self._nursery.start_soon(self._worker)
 
     async def _worker(self) -> None:
-        try:
-            await self._work_loop()
-        finally:
-            self._worker_started = False  # cancelled with the actor: a next run starts one
+        # Bound here, not inherited: the first action may come from a task other than
+        # the actor's (adoption, a timer), and the worker's tasks (the exit watch, the
+        # console pump) inherit what it has.
+        with structlog.contextvars.bound_contextvars(guest=self.name):
+            try:
+                await self._work_loop()
+            finally:
+                self._worker_started = False  # cancelled with the actor: a next run starts one
 
     async def _work_loop(self) -> None:
         action = self._work.take_nowait()

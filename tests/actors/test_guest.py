@@ -5,12 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import structlog
 import trio
 import trio.testing
 
 from supervisor.actors import lifecycle as lc
 from supervisor.actors.guest import GuestActor, GuestPaths, LaunchPlan, _Queue
-from supervisor.errors import GuestBusyError, InvalidStateError
+from supervisor.errors import GuestBusyError, InvalidStateError, SupervisorError
 from supervisor.events import EventBus
 from supervisor.host import Host
 
@@ -98,3 +99,43 @@ async def test_requests_are_answered_in_order_by_the_running_actor(tmp_path: Pat
         await actor.request(lc.Clear())
         assert actor.state is lc.State.SHUTOFF
         actor.close()
+
+
+async def test_the_guests_work_is_logged_under_its_name_whoever_asked_for_it(
+    tmp_path: Path,
+) -> None:
+    # The worker starts with the guest's first action, which may come from a task that
+    # is not the actor's (adoption, a timer): what it logs still names the guest.
+    seen: list[dict[str, object]] = []
+
+    class Hook:
+        async def before_launch(self, name: str, plan: LaunchPlan) -> None:
+            seen.append(structlog.contextvars.get_contextvars())
+            raise SupervisorError("no taps today")
+
+        async def after_stop(self, name: str, plan: LaunchPlan) -> None:
+            pass
+
+    actor = GuestActor(
+        "web1",
+        plan_factory=lambda: LaunchPlan(loader=None, bhyve=("bhyve", "web1")),
+        policy=lc.Policy(),
+        host=Host(root=str(tmp_path)),
+        paths=GuestPaths("/var/run/bhyvesupd", "/var/log/bhyvesupd"),
+        bus=EventBus(),
+        console_path=None,
+        hooks=[Hook()],
+        env={},
+    )
+    async with trio.open_nursery() as nursery:
+        await nursery.start(actor.run)
+        structlog.contextvars.bind_contextvars(caller="someone else")
+        try:
+            actor._apply(lc.Start())  # from this task, as adoption applies what it found
+        finally:
+            structlog.contextvars.unbind_contextvars("caller")
+        with trio.fail_after(5):
+            await actor.wait_until(lambda s: s is not lc.State.STARTING, 5)
+        actor.close()
+    assert actor.last_error == "no taps today"
+    assert [ctx.get("guest") for ctx in seen] == ["web1"]
