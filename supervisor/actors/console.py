@@ -216,6 +216,32 @@ class Attachment:
     output: ReaderQueue = attrs.field(factory=ReaderQueue)
 
 
+async def _receive(stream: trio.lowlevel.FdStream) -> bytes:
+    """The console's next output: up to :data:`READ_CHUNK` bytes, waiting for them.
+
+    ``FdStream.receive_some`` yields once more after a read that followed its wait for
+    the tty, so every piece of output cost the pump two steps of the event loop. Here
+    the wait is the schedule point; a read that did not wait (output keeps coming)
+    still yields, so a flood cannot hold the loop.
+
+    Raises:
+        OSError: the read failed (EIO once the other side is gone).
+        trio.ClosedResourceError: the console was closed during the wait.
+    """
+    fd = stream.fileno()
+    waited = False
+    while True:
+        try:
+            data = os.read(fd, READ_CHUNK)
+        except BlockingIOError:
+            await trio.lowlevel.wait_readable(fd)
+            waited = True
+            continue
+        if not waited:
+            await trio.lowlevel.checkpoint()
+        return data
+
+
 @attrs.define(eq=False)
 class ConsoleLog:
     """An append-only log rotated by size: NAME.console.log, .1, .2, ..."""
@@ -298,7 +324,7 @@ class Console:
         while self._stream is not None:
             stream = self._stream
             try:
-                data = await stream.receive_some(READ_CHUNK)
+                data = await _receive(stream)
             except (trio.ClosedResourceError, trio.BrokenResourceError, OSError) as exc:
                 if self._stream is not stream:
                     continue  # closed or replaced under us
