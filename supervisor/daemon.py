@@ -166,10 +166,9 @@ class Daemon:
         #: clients poll, and the wait for the end of autostart read it without walking
         #: every guest.
         self.state_counts: collections.Counter[lc.State] = collections.Counter()
-        # The end of autostart (see _launches_done): set while no guest is starting, and
-        # when a guest last stopped starting.
-        self._none_starting = trio.Event()
-        self._none_starting.set()
+        # The end of autostart (see _launches_done): set when the last starting guest
+        # stops starting, while it waits; and when a guest last stopped starting.
+        self._starting_drained: trio.Event | None = None
         self._start_progress_at = 0.0
         self.started_at = time.monotonic()
         self._nursery: trio.Nursery | None = None
@@ -267,12 +266,11 @@ class Daemon:
         counts = self.state_counts
         counts[before] -= 1
         counts[after] += 1
-        if before is lc.State.STARTING:
+        drained = self._starting_drained
+        if before is lc.State.STARTING and drained is not None:
             self._start_progress_at = trio.current_time()
             if not counts[lc.State.STARTING]:
-                self._none_starting.set()
-        elif after is lc.State.STARTING and counts[after] == 1:
-            self._none_starting = trio.Event()
+                drained.set()
 
     def _forget(self, guest: Guest) -> None:
         """Take a guest out of the daemon (its actor stops taking requests)."""
@@ -537,15 +535,17 @@ class Daemon:
         each) were a noticeable part of the daemon's start-up CPU.
         """
         self._start_progress_at = trio.current_time()
-        while self.state_counts[lc.State.STARTING]:
-            if self._none_starting.is_set():  # counts set without _count_state
-                self._none_starting = trio.Event()
-            with trio.move_on_at(self._start_progress_at + stall):
-                await self._none_starting.wait()
-            now = self.state_counts[lc.State.STARTING]
-            if now and trio.current_time() >= self._start_progress_at + stall:
-                log.warning("autostart_stalled", starting=now)
-                return
+        try:
+            while self.state_counts[lc.State.STARTING]:
+                self._starting_drained = drained = trio.Event()
+                with trio.move_on_at(self._start_progress_at + stall):
+                    await drained.wait()
+                now = self.state_counts[lc.State.STARTING]
+                if now and trio.current_time() >= self._start_progress_at + stall:
+                    log.warning("autostart_stalled", starting=now)
+                    return
+        finally:
+            self._starting_drained = None
 
     async def shutdown_all(self, budget: float) -> None:
         """Shut every running guest down within *budget* seconds, in reverse start order.
@@ -742,13 +742,11 @@ def provision_examples(host: Host, config: Config, examples: Iterable[Path]) -> 
 
     Returns the names defined; existing definitions are left alone.
     """
-    from supervisor.domain.xml import parse_domain_xml
-
     store = definition_store(host, config)
     defined = []
     existing, _ = store.load_all()
     for path in sorted(examples):
-        domain = parse_domain_xml(path.read_bytes())
+        domain = _parse_definition(path.read_bytes())
         if domain.name in existing:
             continue
         for disk in domain.disks:

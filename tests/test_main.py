@@ -13,26 +13,24 @@ from supervisor import __version__
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def test_python_m_supervisor_is_bhyvesupd() -> None:
-    out = subprocess.run(
-        [sys.executable, "-m", "supervisor", "--version"],
+def _python_m_supervisor(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "supervisor", *args],
         capture_output=True,
         text=True,
         timeout=60,
         cwd=ROOT,
     )
+
+
+def test_python_m_supervisor_is_bhyvesupd() -> None:
+    out = _python_m_supervisor("--version")
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == f"bhyvesupd {__version__}"
 
 
 def test_a_bad_option_is_refused_with_the_daemons_usage() -> None:
-    out = subprocess.run(
-        [sys.executable, "-m", "supervisor", "--no-such-option"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=ROOT,
-    )
+    out = _python_m_supervisor("--no-such-option")
     assert out.returncode == 2
     assert "usage: bhyvesupd" in out.stderr
     assert "--no-such-option" in out.stderr
