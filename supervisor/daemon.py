@@ -428,7 +428,17 @@ class Daemon:
             key=lambda g: (g.domain.policy.start_order, g.domain.name),
         )
         await self._prepare_consoles(todo)
+        previous_order = None
         for guest in todo:
+            order = guest.domain.policy.start_order
+            if order != previous_order:
+                # An idle actor takes its start without a schedule point, and the workers
+                # it starts run together, in either order: one step between two start
+                # orders has every launch of the first begin before any of the next.
+                previous_order = order
+                await trio.lowlevel.checkpoint()
+            else:
+                await trio.lowlevel.checkpoint_if_cancelled()
             for dep in guest.domain.policy.depends_on:
                 dep_guest = self.guests.get(dep)
                 if dep_guest is None:

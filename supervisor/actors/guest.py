@@ -6,9 +6,14 @@ Theory of operation
 The decisions live in the pure :class:`~supervisor.actors.lifecycle.Lifecycle`; this
 module carries them out. The actor runs three kinds of work inside its private nursery:
 
-* its **mailbox loop** takes client requests from a bounded memory channel, in order.
-  A full mailbox makes :meth:`GuestActor.request` fail at once with
-  :class:`~supervisor.errors.GuestBusyError`: an RPC caller is never left hanging.
+* its **mailbox loop** takes client requests from a bounded queue, in order. A full
+  mailbox makes :meth:`GuestActor.request` fail at once with
+  :class:`~supervisor.errors.GuestBusyError`: an RPC caller is never left hanging. A
+  request to an actor waiting on an empty mailbox is taken at once, in the caller's
+  task but in the actor's context, exactly as the actor would have taken it: nothing
+  can be ahead of it, and the two task switches it would cost (the actor's, and the
+  caller's wait for the answer) are what starting every guest of a host at once
+  spends most on after the spawns.
 * a **worker** performs the actions that touch the host, one at a time and in the order
   the lifecycle asked for them (destroy a leftover VM, run the loader, spawn bhyve,
   ``bhyvectl --force-poweroff``, clean up). Sequencing matters: a clean-up racing a
@@ -33,11 +38,14 @@ recovers.
 
 Nothing that goes wrong inside one actor reaches the daemon's nursery: :meth:`run`
 catches and logs every exception, marks the guest, and carries on, so one guest failing
-never disturbs another.
+never disturbs another. A request whose handling failed that way gets
+:class:`~supervisor.errors.InvalidStateError`, as does every later one: the guest's
+bhyve keeps running, unsupervised, until the daemon is restarted and adopts it.
 """
 
 from __future__ import annotations
 
+import contextvars
 import errno
 import json
 import os
@@ -159,6 +167,11 @@ class _Queue(Generic[_T]):
         self.closed = True
         self._wake()
 
+    @property
+    def idle(self) -> bool:
+        """Whether the consumer waits in :meth:`get` with nothing queued."""
+        return self._waiter is not None
+
     def _wake(self) -> None:
         if self._waiter is not None:
             task, self._waiter = self._waiter, None
@@ -168,6 +181,11 @@ class _Queue(Generic[_T]):
     def pending(self) -> int:
         """Items waiting."""
         return len(self._items)
+
+    def drain(self) -> list[_T]:
+        """Every waiting item, which leaves the queue."""
+        items, self._items = self._items, []
+        return items
 
     def take_nowait(self) -> _T | None:
         """The first item, if one is waiting (no schedule point)."""
@@ -256,6 +274,11 @@ class GuestActor:
                 ring_size=console_ring,
             )
         self._mailbox: _Queue[_Request] = _Queue(mailbox_size)
+        #: The actor task's own context while it runs: a request taken in a caller's
+        #: task is applied in it (see request()).
+        self._context: contextvars.Context | None = None
+        #: What ended the actor, if something unexpected did (see run()).
+        self._failure: Exception | None = None
         self._work: _Queue[lc.Action] = _Queue()
         self._worker_started = False
         self._nursery: trio.Nursery | None = None
@@ -282,20 +305,60 @@ class GuestActor:
         return self.machine.state
 
     async def request(self, event: lc.Event) -> None:
-        """Queue a client request and wait until the actor has taken it.
+        """Have the actor take a client request: at once if it waits for one (no
+        schedule point then), else queued behind the others, waited for until taken.
 
         Raises:
             GuestBusyError: the mailbox is full.
-            InvalidStateError: the request makes no sense in the guest's state.
+            InvalidStateError: the request makes no sense in the guest's state, or the
+                guest is being removed, or its actor failed.
         """
-        req = _Request(event)
+        if self._failure is not None:
+            raise self._failed()
         if self._mailbox.closed:
             raise InvalidStateError(f"guest {self.name} is being removed")
+        if self._mailbox.idle and self._context is not None:
+            # Taken now, in the actor's context (its log bindings; the tasks it starts
+            # copy that context, not the caller's), with no schedule point: callers
+            # starting many guests at once go through all of them in one step.
+            error = self._context.run(self._take, event)
+            if error is not None:
+                raise error
+            return
+        req = _Request(event)
         if not self._mailbox.put(req):
             raise GuestBusyError(f"guest {self.name} is busy ({self.state.value}); try again")
         await req.done.wait()
         if req.error is not None:
             raise req.error
+
+    def _take(self, event: lc.Event) -> SupervisorError | None:
+        """Apply a client's request; the error the client gets, or None.
+
+        An unexpected exception ends the actor (see :meth:`run`): it is kept in
+        ``_failure`` and the mailbox closed, and the client is told the actor failed.
+        """
+        try:
+            self._apply(event)
+        except lc.InvalidTransition as exc:
+            return InvalidStateError(f"{self.name}: {exc}")
+        except SupervisorError as exc:
+            return exc
+        except Exception as exc:
+            self._failure = exc
+            self._mailbox.close()
+            return self._failed()
+        return None
+
+    def _raise_failure(self) -> None:
+        if self._failure is not None:
+            raise self._failure
+
+    def _failed(self) -> InvalidStateError:
+        return InvalidStateError(
+            f"guest {self.name}: its actor failed ({self._failure!r}) and takes no more "
+            "requests; bhyve, if running, runs on until the daemon is restarted"
+        )
 
     async def wait_until(self, predicate: Callable[[lc.State], bool], timeout: float) -> lc.State:
         """Wait (at most *timeout* s) for the state to satisfy *predicate*."""
@@ -387,22 +450,29 @@ class GuestActor:
             try:
                 async with trio.open_nursery() as nursery:
                     self._nursery = nursery
+                    self._context = trio.lowlevel.current_task().context
                     self._start_worker()  # for actions applied before the actor ran
                     task_status.started()
-                    while (req := await self._mailbox.get()) is not None:
-                        try:
-                            self._apply(req.event)
-                        except lc.InvalidTransition as exc:
-                            req.error = InvalidStateError(f"{self.name}: {exc}")
-                        except SupervisorError as exc:
-                            req.error = exc
+                    while self._failure is None and (req := await self._mailbox.get()) is not None:
+                        req.error = self._take(req.event)
                         req.done.set()
+                    self._raise_failure()  # from here, or from a caller's task
                     nursery.cancel_scope.cancel()
             except Exception as exc:
-                # One guest's failure must never reach the daemon's nursery.
+                # One guest's failure must never reach the daemon's nursery. Nor may its
+                # callers wait for an actor that is gone: whatever is queued, and every
+                # later request, gets an error.
+                if self._failure is None:
+                    self._failure = exc
+                self._mailbox.close()
+                for req in self._mailbox.drain():
+                    req.error = self._failed()
+                    req.done.set()
                 self.last_error = f"actor failed: {exc!r}"
                 self._log.exception("guest_actor_failed")
                 self._publish()
+            finally:
+                self._context = None
 
     def close(self) -> None:
         """Stop taking requests; :meth:`run` returns (bhyve, if running, keeps running)."""

@@ -139,3 +139,110 @@ async def test_the_guests_work_is_logged_under_its_name_whoever_asked_for_it(
         actor.close()
     assert actor.last_error == "no taps today"
     assert [ctx.get("guest") for ctx in seen] == ["web1"]
+
+
+async def test_a_waiting_actor_takes_a_request_before_any_other_task_runs(
+    tmp_path: Path,
+) -> None:
+    # What lets a host's autostart request all its guests in one step of the loop.
+    actor = _actor(tmp_path, mailbox_size=4)
+    ran: list[str] = []
+
+    async def bystander() -> None:
+        ran.append("bystander")
+
+    async with trio.open_nursery() as nursery:
+        await nursery.start(actor.run)
+        await trio.testing.wait_all_tasks_blocked()
+        nursery.start_soon(bystander)
+        await actor.request(lc.Clear())
+        assert ran == []
+        assert actor.state is lc.State.SHUTOFF
+        with pytest.raises(InvalidStateError, match="cannot reboot a guest that is shutoff"):
+            await actor.request(lc.Reboot())
+        actor.close()
+    assert ran == ["bystander"]
+
+
+async def test_a_request_taken_at_once_runs_in_the_actors_context_not_the_callers(
+    tmp_path: Path,
+) -> None:
+    seen: list[dict[str, object]] = []
+
+    class Hook:
+        async def before_launch(self, name: str, plan: LaunchPlan) -> None:
+            seen.append(structlog.contextvars.get_contextvars())
+            raise SupervisorError("no taps today")
+
+        async def after_stop(self, name: str, plan: LaunchPlan) -> None:
+            pass
+
+    actor = GuestActor(
+        "web1",
+        plan_factory=lambda: LaunchPlan(loader=None, bhyve=("bhyve", "web1")),
+        policy=lc.Policy(),
+        host=Host(root=str(tmp_path)),
+        paths=GuestPaths("/var/run/bhyvesupd", "/var/log/bhyvesupd"),
+        bus=EventBus(),
+        console_path=None,
+        hooks=[Hook()],
+        env={},
+    )
+    async with trio.open_nursery() as nursery:
+        await nursery.start(actor.run)
+        await trio.testing.wait_all_tasks_blocked()
+        with structlog.contextvars.bound_contextvars(rpc_client="cli-7"):
+            await actor.request(lc.Start())
+        with trio.fail_after(5):
+            await actor.wait_until(lambda s: s is not lc.State.STARTING, 5)
+        actor.close()
+    assert seen == [{"guest": "web1"}]
+
+
+def _failing_actor(tmp_path: Path) -> GuestActor:
+    def fail(before: lc.State, after: lc.State) -> None:
+        raise RuntimeError("state counter broke")
+
+    actor = _actor(tmp_path, mailbox_size=4)
+    actor.on_state = fail
+    return actor
+
+
+async def test_an_actor_that_fails_on_a_request_tells_that_caller_and_every_later_one(
+    tmp_path: Path,
+) -> None:
+    actor = _failing_actor(tmp_path)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(actor.run)
+        await trio.testing.wait_all_tasks_blocked()
+        with trio.fail_after(1), pytest.raises(InvalidStateError, match="actor failed"):
+            await actor.request(lc.Start())
+        with trio.fail_after(1), pytest.raises(InvalidStateError, match="state counter broke"):
+            await actor.request(lc.Destroy())
+    # run() returned on its own, and nothing reached this nursery.
+    assert actor.last_error is not None
+    assert "state counter broke" in actor.last_error
+
+
+async def test_requests_queued_behind_the_one_that_failed_are_answered_not_left_waiting(
+    tmp_path: Path,
+) -> None:
+    actor = _failing_actor(tmp_path)
+    errors: list[str] = []
+
+    async def ask(event: lc.Event) -> None:
+        try:
+            await actor.request(event)
+        except InvalidStateError as exc:
+            errors.append(str(exc))
+
+    async with trio.open_nursery() as nursery:
+        # Queued before the actor runs: taken by its loop, in order.
+        for event in (lc.Start(), lc.Destroy(), lc.Clear()):
+            nursery.start_soon(ask, event)
+            await trio.testing.wait_all_tasks_blocked()
+        with trio.fail_after(1):
+            await nursery.start(actor.run)
+            await trio.testing.wait_all_tasks_blocked()
+    assert len(errors) == 3
+    assert all("actor failed (RuntimeError('state counter broke'))" in e for e in errors)
