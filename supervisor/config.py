@@ -15,11 +15,12 @@ from typing import Any, Literal, TypeVar
 import attrs
 
 from supervisor import host as _host
+from supervisor._record import Record
 from supervisor.errors import ConfigError
 
 
-@attrs.frozen
-class DaemonSection:
+@attrs.frozen(repr=False)
+class DaemonSection(Record):
     socket: str = _host.SOCKET_PATH
     #: Permission bits of the control socket, as an octal string.
     socket_mode: str = "0660"
@@ -39,8 +40,8 @@ class DaemonSection:
     shutdown_budget: float = 80.0
 
 
-@attrs.frozen
-class GuestsSection:
+@attrs.frozen(repr=False)
+class GuestsSection(Record):
     domains_dir: str = _host.DOMAINS_DIR
     run_dir: str = _host.RUN_DIR
     log_dir: str = _host.LOG_DIR
@@ -54,8 +55,8 @@ class GuestsSection:
     mailbox_size: int = 32
 
 
-@attrs.frozen
-class NetworkSection:
+@attrs.frozen(repr=False)
+class NetworkSection(Record):
     #: Where NAT network definitions (libvirt network XML) are kept.
     networks_dir: str = _host.NETWORKS_DIR
     #: The firewall that does NAT for networks: ``pf`` (rules in an anchor of the
@@ -73,8 +74,8 @@ class NetworkSection:
     external_interface: str = ""
 
 
-@attrs.frozen
-class Config:
+@attrs.frozen(repr=False)
+class Config(Record):
     daemon: DaemonSection = attrs.field(factory=DaemonSection)
     guests: GuestsSection = attrs.field(factory=GuestsSection)
     network: NetworkSection = attrs.field(factory=NetworkSection)

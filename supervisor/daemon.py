@@ -29,6 +29,7 @@ import trio
 
 from supervisor import __version__
 from supervisor import log as logsetup
+from supervisor._record import Record
 from supervisor.actors import lifecycle as lc
 from supervisor.actors.guest import GuestActor, GuestPaths, LaunchHook, LaunchPlan
 from supervisor.config import Config, group_id, load_config
@@ -132,8 +133,8 @@ def policy_of(domain: Domain) -> lc.Policy:
     )
 
 
-@attrs.define(eq=False)
-class Guest:
+@attrs.define(eq=False, repr=False)
+class Guest(Record):
     """A defined guest: its definition and its actor."""
 
     domain: Domain

@@ -17,11 +17,13 @@ from typing import Any
 
 import attrs
 
+from supervisor._record import Record
+
 Event = dict[str, Any]
 
 
-@attrs.define(eq=False)
-class Subscription:
+@attrs.define(eq=False, repr=False)
+class Subscription(Record):
     """One subscriber's queue.
 
     Args:
@@ -43,8 +45,8 @@ class Subscription:
             self.lost += 1
 
 
-@attrs.define
-class EventBus:
+@attrs.define(repr=False)
+class EventBus(Record):
     """Fan-out of events to subscribers, with a short history for late joiners."""
 
     history_size: int = 256

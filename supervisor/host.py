@@ -21,6 +21,8 @@ from collections.abc import Mapping
 
 import attrs
 
+from supervisor._record import Record
+
 #: Where each host tool lives on FreeBSD 14/15 (base system or ports under /usr/local).
 TOOL_PATHS: Mapping[str, str] = {
     "bhyve": "/usr/sbin/bhyve",
@@ -67,8 +69,8 @@ def _is_normal(path: str) -> bool:
     return "//" not in path and "/." not in path and not path.endswith("/")
 
 
-@attrs.frozen
-class Host:
+@attrs.frozen(repr=False)
+class Host(Record):
     """Where a host keeps things.
 
     Args:

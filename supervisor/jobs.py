@@ -18,6 +18,7 @@ from typing import Any
 import attrs
 import trio
 
+from supervisor._record import Record
 from supervisor.errors import JobNotFoundError, SupervisorError
 from supervisor.events import EventBus
 from supervisor.log import get_logger
@@ -30,8 +31,8 @@ KEEP_FINISHED = 64
 PROGRESS_INTERVAL = 0.2
 
 
-@attrs.define(eq=False)
-class Job:
+@attrs.define(eq=False, repr=False)
+class Job(Record):
     id: int
     kind: str
     guest: str

@@ -28,6 +28,7 @@ import attrs
 
 from supervisor import __version__
 from supervisor._fsutil import write_atomic
+from supervisor._record import Record
 from supervisor.domain.model import Domain
 from supervisor.errors import HostNotReadyError, SupervisorError
 from supervisor.host import DB_DIR, Host
@@ -74,16 +75,16 @@ def _file_key(st: os.stat_result) -> _FileKey:
     return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
 
-@attrs.frozen
-class LoadProblem:
+@attrs.frozen(repr=False)
+class LoadProblem(Record):
     """A definition file that could not be loaded, and why."""
 
     path: str
     error: str
 
 
-@attrs.define
-class DefinitionStore:
+@attrs.define(repr=False)
+class DefinitionStore(Record):
     """The directory of guest definitions.
 
     Args:

@@ -26,6 +26,7 @@ import attrs
 import trio
 
 from supervisor._fsutil import open_creating
+from supervisor._record import Record
 from supervisor.host import Host
 from supervisor.log import get_logger
 from supervisor.vmm.platform.consolepair import ensure_pair, open_console
@@ -60,8 +61,8 @@ def loss_notice(nbytes: int) -> bytes:
 TAKEOVER_NOTICE: Final = b"\r\n[console: taken over by another client]\r\n"
 
 
-@attrs.define(eq=False)
-class ReaderQueue:
+@attrs.define(eq=False, repr=False)
+class ReaderQueue(Record):
     """Console output waiting for one reader, at most *limit* bytes of it.
 
     Output is queued in pieces (``bytearray``, merged while small); a notice from the
@@ -207,8 +208,8 @@ class ReaderQueue:
                 nbytes = 0
 
 
-@attrs.define(eq=False)
-class Attachment:
+@attrs.define(eq=False, repr=False)
+class Attachment(Record):
     """One client attached to the console, and the output waiting for it."""
 
     id: int
@@ -242,8 +243,8 @@ async def _receive(stream: trio.lowlevel.FdStream) -> bytes:
         return data
 
 
-@attrs.define(eq=False)
-class ConsoleLog:
+@attrs.define(eq=False, repr=False)
+class ConsoleLog(Record):
     """An append-only log rotated by size: NAME.console.log, .1, .2, ..."""
 
     path: str
@@ -280,8 +281,8 @@ class ConsoleLog:
             self._size = 0
 
 
-@attrs.define(eq=False)
-class Console:
+@attrs.define(eq=False, repr=False)
+class Console(Record):
     """The supervisor's side of one guest console.
 
     Args:

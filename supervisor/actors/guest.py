@@ -60,6 +60,7 @@ import structlog
 import trio
 
 from supervisor._fsutil import open_creating, write_all, write_atomic
+from supervisor._record import Record
 from supervisor.actors import lifecycle as lc
 from supervisor.actors.console import Console, ConsoleLog
 from supervisor.errors import GuestBusyError, InvalidStateError, SupervisorError
@@ -77,8 +78,8 @@ log = get_logger("bhyvesupd.guest")
 _T = TypeVar("_T")
 
 
-@attrs.frozen
-class LaunchPlan:
+@attrs.frozen(repr=False)
+class LaunchPlan(Record):
     """What to run to start the guest once: produced from the definition by the daemon."""
 
     loader: tuple[str, ...] | None
@@ -108,8 +109,8 @@ class LaunchHook(Protocol):
     async def after_stop(self, name: str, plan: LaunchPlan) -> None: ...
 
 
-@attrs.frozen
-class GuestPaths:
+@attrs.frozen(repr=False)
+class GuestPaths(Record):
     """Where a guest's runtime files live (FreeBSD paths)."""
 
     run_dir: str
@@ -133,8 +134,8 @@ class GuestPaths:
         return f"{self.log_dir}/{name}.console.log"
 
 
-@attrs.define(eq=False)
-class _Request:
+@attrs.define(eq=False, repr=False)
+class _Request(Record):
     event: lc.Event
     done: trio.Event = attrs.field(factory=trio.Event)
     error: BaseException | None = None

@@ -53,6 +53,8 @@ from typing import Any
 
 import attrs
 
+from supervisor._record import Record
+
 # --------------------------------------------------------------------------------------
 # States
 
@@ -101,8 +103,8 @@ EXIT_MEANINGS = {
 }
 
 
-@attrs.frozen
-class ExitStatus:
+@attrs.frozen(repr=False)
+class ExitStatus(Record):
     """How a bhyve (or loader) process ended.
 
     Exactly one of *code* and *signal* is set when the status is known; an adopted
@@ -178,8 +180,8 @@ class OnCrash(enum.Enum):
     PRESERVE = "preserve"
 
 
-@attrs.frozen
-class Policy:
+@attrs.frozen(repr=False)
+class Policy(Record):
     """The knobs of one guest's lifecycle (from its definition)."""
 
     on_reboot: OnReboot = OnReboot.RESTART
@@ -198,47 +200,47 @@ class Policy:
 # Events
 
 
-@attrs.frozen
-class Start:
+@attrs.frozen(repr=False)
+class Start(Record):
     """A client asks for the guest to run."""
 
 
-@attrs.frozen
-class Shutdown:
+@attrs.frozen(repr=False)
+class Shutdown(Record):
     """A client asks for a graceful stop (ACPI power button, then escalation)."""
 
     timeout: float | None = None
 
 
-@attrs.frozen
-class Destroy:
+@attrs.frozen(repr=False)
+class Destroy(Record):
     """A client asks for an immediate hard stop."""
 
 
-@attrs.frozen
-class Reboot:
+@attrs.frozen(repr=False)
+class Reboot(Record):
     """A client asks for a graceful reboot: ACPI button, and restart whatever the exit."""
 
 
-@attrs.frozen
-class Reset:
+@attrs.frozen(repr=False)
+class Reset(Record):
     """A client asks for a hard reset (``bhyvectl --force-reset``)."""
 
 
-@attrs.frozen
-class Clear:
+@attrs.frozen(repr=False)
+class Clear(Record):
     """A client clears a CRASHED or FATAL guest (and its crash history)."""
 
 
-@attrs.frozen
-class Launched:
+@attrs.frozen(repr=False)
+class Launched(Record):
     """The actor has started bhyve (after the loader, if any)."""
 
     pid: int
 
 
-@attrs.frozen
-class LaunchFailed:
+@attrs.frozen(repr=False)
+class LaunchFailed(Record):
     """The loader failed or bhyve could not be spawned.
 
     Args:
@@ -254,16 +256,16 @@ class LaunchFailed:
     host_fault: bool = False
 
 
-@attrs.frozen
-class Exited:
+@attrs.frozen(repr=False)
+class Exited(Record):
     """bhyve ended."""
 
     status: ExitStatus
     runtime: float
 
 
-@attrs.frozen
-class Adopted:
+@attrs.frozen(repr=False)
+class Adopted(Record):
     """A bhyve left running by an earlier daemon was found and taken over.
 
     Args:
@@ -280,8 +282,8 @@ class Adopted:
     resume: str = "running"
 
 
-@attrs.frozen
-class TimerFired:
+@attrs.frozen(repr=False)
+class TimerFired(Record):
     """A timer armed by :class:`ArmTimer` went off."""
 
     timer: Timer
@@ -312,8 +314,8 @@ class Timer(enum.Enum):
 # Actions
 
 
-@attrs.frozen
-class Launch:
+@attrs.frozen(repr=False)
+class Launch(Record):
     """Start the guest: destroy a leftover VM first if asked, run the loader, spawn bhyve.
 
     The actor answers with :class:`Launched` or :class:`LaunchFailed`.
@@ -323,47 +325,47 @@ class Launch:
     reason: str
 
 
-@attrs.frozen
-class CancelLaunch:
+@attrs.frozen(repr=False)
+class CancelLaunch(Record):
     """Abandon a launch in progress (kill the loader or the just-spawned bhyve)."""
 
 
-@attrs.frozen
-class PressPowerButton:
+@attrs.frozen(repr=False)
+class PressPowerButton(Record):
     """Send SIGTERM to bhyve (the ACPI power button once the guest enabled ACPI)."""
 
 
-@attrs.frozen
-class ForcePoweroff:
+@attrs.frozen(repr=False)
+class ForcePoweroff(Record):
     """``bhyvectl --vm=NAME --force-poweroff``."""
 
 
-@attrs.frozen
-class ForceReset:
+@attrs.frozen(repr=False)
+class ForceReset(Record):
     """``bhyvectl --vm=NAME --force-reset``."""
 
 
-@attrs.frozen
-class Kill:
+@attrs.frozen(repr=False)
+class Kill(Record):
     """SIGKILL bhyve."""
 
 
-@attrs.frozen
-class Cleanup:
+@attrs.frozen(repr=False)
+class Cleanup(Record):
     """Release everything after a final exit: ``bhyvectl --destroy`` (unless *keep_vm*),
     taps, sockets, in libvirt's order."""
 
     keep_vm: bool = False
 
 
-@attrs.frozen
-class ArmTimer:
+@attrs.frozen(repr=False)
+class ArmTimer(Record):
     timer: Timer
     delay: float
 
 
-@attrs.frozen
-class CancelTimer:
+@attrs.frozen(repr=False)
+class CancelTimer(Record):
     timer: Timer
 
 
@@ -408,8 +410,8 @@ def _event_name(event: object) -> str:
     return type(event).__name__.lower()
 
 
-@attrs.define
-class Lifecycle:
+@attrs.define(repr=False)
+class Lifecycle(Record):
     """One guest's lifecycle state and history.
 
     Args:

@@ -32,6 +32,8 @@ from typing import Any
 
 import attrs
 
+from supervisor._record import Record
+
 #: The byte the agent's parser treats as "discard what you have"; also its reply marker.
 DELIMITER = 0xFF
 #: The port name qemu-ga opens; libvirt and the guest OS use the same.
@@ -44,8 +46,8 @@ class AgentProtocolError(Exception):
     """The agent sent something that is not its protocol."""
 
 
-@attrs.frozen
-class Reply:
+@attrs.frozen(repr=False)
+class Reply(Record):
     """One answer: *value* on success, else *error_class* and *error_desc*."""
 
     value: Any = None
@@ -152,8 +154,8 @@ class AgentSession:
             replies.append(parse_reply(obj))
 
 
-@attrs.frozen
-class GuestInfo:
+@attrs.frozen(repr=False)
+class GuestInfo(Record):
     """What ``guest-info`` says: the agent's version and its enabled commands."""
 
     version: str

@@ -19,6 +19,7 @@ from typing import Any, NoReturn
 import attrs
 
 from supervisor import __version__
+from supervisor._record import Record
 from supervisor.cli import control, guestops, hostnet, importverbs, offline, opsverbs, storage
 from supervisor.cli.shell import run_shell
 
@@ -28,8 +29,8 @@ PROG = "bhyvesupctl"
 EXIT_USAGE = 2
 
 
-@attrs.frozen
-class VerbGroup:
+@attrs.frozen(repr=False)
+class VerbGroup(Record):
     """A set of verbs from one module.
 
     Args:

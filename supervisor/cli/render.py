@@ -21,6 +21,8 @@ from typing import Any, Final
 
 import attrs
 
+from supervisor._record import Record
+
 __all__ = [
     "STATUS_COLUMNS",
     "Column",
@@ -73,8 +75,8 @@ def render_json_line(value: Any) -> str:
 # --------------------------------------------------------------------------- tables
 
 
-@attrs.frozen
-class Column:
+@attrs.frozen(repr=False)
+class Column(Record):
     """One column of a table.
 
     Args:

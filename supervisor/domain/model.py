@@ -25,6 +25,7 @@ from typing import Literal, TypeAlias
 
 import attrs
 
+from supervisor._record import Record
 from supervisor.errors import InvalidValueError
 
 __all__ = [
@@ -190,8 +191,8 @@ def check_name(value: str) -> None:
 # Addresses
 
 
-@attrs.frozen
-class PciAddress:
+@attrs.frozen(repr=False)
+class PciAddress(Record):
     """A guest PCI address; bhyve's ``-s bus:slot:function``."""
 
     slot: int
@@ -216,8 +217,8 @@ class PciAddress:
         return f"{self.slot}:{self.function}"
 
 
-@attrs.frozen
-class DriveAddress:
+@attrs.frozen(repr=False)
+class DriveAddress(Record):
     """A disk's place on a disk controller: AHCI controller *controller*, port *unit*."""
 
     controller: int = 0
@@ -239,8 +240,8 @@ Address: TypeAlias = PciAddress | DriveAddress | None
 # Devices
 
 
-@attrs.frozen
-class Disk:
+@attrs.frozen(repr=False)
+class Disk(Record):
     """A ``<disk>``: a virtio-blk, AHCI (SATA), NVMe or virtio-scsi disk or cdrom.
 
     Args:
@@ -311,8 +312,8 @@ def target_index(target: str) -> int:
     return index - 1
 
 
-@attrs.frozen
-class Controller:
+@attrs.frozen(repr=False)
+class Controller(Record):
     """A ``<controller>``. bhyve emulates ``pci`` (model ``pci-root`` only), ``sata``
     (AHCI), ``usb`` (model ``nec-xhci``), ``isa`` (the LPC bridge), ``nvme``,
     ``virtio-serial`` (virtio-console) and ``scsi`` (virtio-scsi)."""
@@ -327,8 +328,8 @@ class Controller:
             raise _bad("index", f"must be >= 0, got {self.index}")
 
 
-@attrs.frozen
-class Interface:
+@attrs.frozen(repr=False)
+class Interface(Record):
     """A NIC: ``-s S:0,virtio-net|e1000,BACKEND,mac=...``.
 
     Args:
@@ -362,8 +363,8 @@ class Interface:
             raise _bad("source.network", "a network interface needs a network name")
 
 
-@attrs.frozen
-class Serial:
+@attrs.frozen(repr=False)
+class Serial(Record):
     """A serial port or console: bhyve's ``-l comN,BACKEND``.
 
     Args:
@@ -403,8 +404,8 @@ class Serial:
         return (self.port or 0) + 1
 
 
-@attrs.frozen
-class Channel:
+@attrs.frozen(repr=False)
+class Channel(Record):
     """A virtio-console port (``<channel type='unix'>``), e.g. the guest agent's.
 
     Args:
@@ -426,8 +427,8 @@ class Channel:
             raise _bad("source.path", f"must be an absolute path, got {self.path!r}")
 
 
-@attrs.frozen
-class Graphics:
+@attrs.frozen(repr=False)
+class Graphics(Record):
     """A VNC framebuffer: bhyve's ``fbuf,tcp=LISTEN:PORT``.
 
     ``port`` is -1 with ``autoport`` until the supervisor picks one at start.
@@ -448,8 +449,8 @@ class Graphics:
         _no_comma("listen", self.listen)
 
 
-@attrs.frozen
-class Video:
+@attrs.frozen(repr=False)
+class Video(Record):
     """The framebuffer's video card: ``gop`` (UEFI GOP).
 
     Args:
@@ -475,16 +476,16 @@ class Video:
             _check_range("model.resolution.y", height, 480, 2160)
 
 
-@attrs.frozen
-class Input:
+@attrs.frozen(repr=False)
+class Input(Record):
     """An input device; bhyve has the USB tablet on the xhci controller."""
 
     type: str = "tablet"
     bus: str = "usb"
 
 
-@attrs.frozen
-class Sound:
+@attrs.frozen(repr=False)
+class Sound(Record):
     """A sound card: bhyve's ``hda`` (model ``ich7``), fed by an OSS :class:`Audio`."""
 
     model: str = "ich7"
@@ -492,8 +493,8 @@ class Sound:
     address: PciAddress | None = None
 
 
-@attrs.frozen
-class Audio:
+@attrs.frozen(repr=False)
+class Audio(Record):
     """An OSS audio backend: ``input_dev`` and ``output_dev`` are ``/dev/dspN``."""
 
     id: int
@@ -506,8 +507,8 @@ class Audio:
         _check_path("output.dev", self.output_dev)
 
 
-@attrs.frozen
-class Rng:
+@attrs.frozen(repr=False)
+class Rng(Record):
     """A virtio-rnd device, fed by the host's ``/dev/random`` (the only backend)."""
 
     model: str = "virtio"
@@ -524,8 +525,8 @@ class Rng:
             raise _bad("backend", f"bhyve's rng reads '/dev/random', got {self.source!r}")
 
 
-@attrs.frozen
-class Filesystem:
+@attrs.frozen(repr=False)
+class Filesystem(Record):
     """A virtio-9p share: ``-s S:0,virtio-9p,TARGET=SOURCE[,ro]``.
 
     Args:
@@ -548,8 +549,8 @@ class Filesystem:
             raise _bad("target.dir", f"must not contain '=', got {self.target!r}")
 
 
-@attrs.frozen
-class Hostdev:
+@attrs.frozen(repr=False)
+class Hostdev(Record):
     """A host PCI device passed through: ``-s S:F,passthru,B/S/F[,rom=FILE]``.
 
     The device must be claimed by ppt(4) on the host, and bhyve wires guest memory
@@ -569,8 +570,8 @@ class Hostdev:
 # Domain-wide parts
 
 
-@attrs.frozen
-class CpuTopology:
+@attrs.frozen(repr=False)
+class CpuTopology(Record):
     """``<cpu><topology>``: bhyve's ``-c cpus=N,sockets=S,cores=C,threads=T``."""
 
     sockets: int = 1
@@ -591,8 +592,8 @@ class CpuTopology:
         return self.sockets * self.cores * self.threads
 
 
-@attrs.frozen
-class VcpuPin:
+@attrs.frozen(repr=False)
+class VcpuPin(Record):
     """``<cputune><vcpupin>``: vCPU *vcpu* runs on the host CPUs *cpuset*
     (bhyve's ``-p vcpu:hostcpu``, once per host CPU)."""
 
@@ -608,8 +609,8 @@ class VcpuPin:
             raise _bad("cpuset", f"must be ascending host CPU numbers, got {self.cpuset}")
 
 
-@attrs.frozen
-class Features:
+@attrs.frozen(repr=False)
+class Features(Record):
     """``<features>``: ``acpi`` (``-A``), ``apic`` (``-I``), ``msrs_ignore`` (``-w``)."""
 
     acpi: bool = False
@@ -617,8 +618,8 @@ class Features:
     msrs_ignore: bool = False
 
 
-@attrs.frozen
-class Loader:
+@attrs.frozen(repr=False)
+class Loader(Record):
     """The UEFI firmware (``<loader>``): ``-l bootrom,PATH[,VARS]``."""
 
     path: str
@@ -630,8 +631,8 @@ class Loader:
         _check_path("path", self.path)
 
 
-@attrs.frozen
-class Os:
+@attrs.frozen(repr=False)
+class Os(Record):
     """``<os>`` plus libvirt's ``<bootloader>``.
 
     Args:
@@ -669,8 +670,8 @@ class Os:
         _check_path("os.bootloader", self.bootloader)
 
 
-@attrs.frozen
-class SupervisorPolicy:
+@attrs.frozen(repr=False)
+class SupervisorPolicy(Record):
     """The supervisor's own per-guest policy, kept in ``<metadata>`` under
     ``urn:bhyve-supervisor:domain:1``.
 
@@ -729,8 +730,8 @@ class SupervisorPolicy:
 # The domain
 
 
-@attrs.frozen
-class Domain:
+@attrs.frozen(repr=False)
+class Domain(Record):
     """One bhyve guest.
 
     Memory is kept in KiB, as libvirt does; :attr:`memory_bytes` and

@@ -27,6 +27,7 @@ from typing import Any, TypeVar
 
 import attrs
 
+from supervisor._record import Record
 from supervisor.domain.model import (
     AHCI_PORTS,
     Controller,
@@ -64,8 +65,8 @@ def random_uuid() -> str:
     return str(_uuid.uuid4())
 
 
-@attrs.frozen
-class IdSource:
+@attrs.frozen(repr=False)
+class IdSource(Record):
     """Where post-parse gets new identifiers.
 
     Args:

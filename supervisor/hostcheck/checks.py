@@ -24,6 +24,7 @@ from typing import Any
 
 import attrs
 
+from supervisor._record import Record
 from supervisor.vmm.hostparse import KldState, PciDevice, VmmSysctl, ppt_devices
 
 __all__ = [
@@ -44,8 +45,8 @@ class Verdict(enum.Enum):
     FAIL = "FAIL"
 
 
-@attrs.frozen
-class Check:
+@attrs.frozen(repr=False)
+class Check(Record):
     """One line of the report.
 
     Args:
@@ -72,8 +73,8 @@ class Check:
         }
 
 
-@attrs.frozen
-class HostFacts:
+@attrs.frozen(repr=False)
+class HostFacts(Record):
     """What the probe found; None wherever a tool could not say.
 
     Args:

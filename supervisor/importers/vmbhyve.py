@@ -41,6 +41,7 @@ from collections.abc import Callable, Mapping
 
 import attrs
 
+from supervisor._record import Record
 from supervisor.domain.model import (
     Audio,
     Channel,
@@ -163,8 +164,8 @@ def switch_bridges(system_conf: Mapping[str, str]) -> dict[str, str | None]:
     return out
 
 
-@attrs.frozen
-class VmBhyveImport:
+@attrs.frozen(repr=False)
+class VmBhyveImport(Record):
     """A vm-bhyve guest as a definition.
 
     Attributes:

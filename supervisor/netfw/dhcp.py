@@ -14,6 +14,7 @@ from collections.abc import Iterable, Mapping
 
 import attrs
 
+from supervisor._record import Record
 from supervisor.netfw.network import Network
 
 
@@ -114,8 +115,8 @@ def assign_static(
     return result
 
 
-@attrs.frozen
-class Lease:
+@attrs.frozen(repr=False)
+class Lease(Record):
     expiry: int
     mac: str
     ip: str

@@ -11,11 +11,13 @@ import re
 
 import attrs
 
+from supervisor._record import Record
+
 _HEAD_RE = re.compile(r"([A-Za-z0-9_.-]+): flags=([0-9a-fA-F]+)<([^>]*)>.*")
 
 
-@attrs.frozen
-class IfInfo:
+@attrs.frozen(repr=False)
+class IfInfo(Record):
     name: str
     flags: frozenset[str]
     description: str | None = None
@@ -29,8 +31,8 @@ class IfInfo:
         return "UP" in self.flags
 
 
-@attrs.define
-class _Builder:
+@attrs.define(repr=False)
+class _Builder(Record):
     name: str
     flags: list[str]
     description: str | None = None

@@ -36,6 +36,7 @@ import trio
 
 from supervisor import host as _host
 from supervisor._fsutil import write_atomic
+from supervisor._record import Record
 from supervisor.config import NetworkSection
 from supervisor.errors import (
     GuestExistsError,
@@ -70,8 +71,8 @@ def bridge_description(net: Network) -> str:
     return f"bhyvesupd network {net.name}"
 
 
-@attrs.define(eq=False)
-class _Dhcp:
+@attrs.define(eq=False, repr=False)
+class _Dhcp(Record):
     cancel: trio.CancelScope
     pid: int | None = None
     restarts: int = 0

@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Literal
 
 import attrs
 
+from supervisor._record import Record
 from supervisor.errors import InvalidValueError
 
 if TYPE_CHECKING:
@@ -56,23 +57,23 @@ def check_ifname(field: str, name: str) -> str:
     return name
 
 
-@attrs.frozen
-class StaticHost:
+@attrs.frozen(repr=False)
+class StaticHost(Record):
     mac: str
     ip: ipaddress.IPv4Address
     name: str | None = None
 
 
-@attrs.frozen
-class PortForward:
+@attrs.frozen(repr=False)
+class PortForward(Record):
     proto: Literal["tcp", "udp"]
     port: int
     to: ipaddress.IPv4Address
     toport: int
 
 
-@attrs.frozen
-class Network:
+@attrs.frozen(repr=False)
+class Network(Record):
     """One network: a bridge with the gateway address, optional NAT and DHCP."""
 
     name: str

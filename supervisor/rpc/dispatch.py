@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeAlias, TypeVar
 import attrs
 import structlog
 
+from supervisor._record import Record
 from supervisor.errors import PermissionDeniedError, SupervisorError
 from supervisor.rpc.errors import InternalError, InvalidParamsError, MethodNotFoundError
 from supervisor.rpc.peercred import PeerCredentials
@@ -93,8 +94,8 @@ class Peer(Protocol):
         ...
 
 
-@attrs.define
-class CallContext:
+@attrs.define(repr=False)
+class CallContext(Record):
     """What a handler knows about the call besides its parameters.
 
     Args:
@@ -218,8 +219,8 @@ def _type_name(tp: Any) -> str:
         return getattr(tp, "__name__", repr(tp))
 
 
-@attrs.frozen
-class Param:
+@attrs.frozen(repr=False)
+class Param(Record):
     """One named parameter of a method.
 
     Args:
@@ -237,8 +238,8 @@ class Param:
     default: JSON = None
 
 
-@attrs.frozen
-class Method:
+@attrs.frozen(repr=False)
+class Method(Record):
     """A registered method."""
 
     name: str

@@ -26,11 +26,13 @@ from typing import Final
 
 import attrs
 
+from supervisor._record import Record
+
 __all__ = ["PeerCredentials", "decode_ucred", "decode_xucred", "peer_credentials"]
 
 
-@attrs.frozen
-class PeerCredentials:
+@attrs.frozen(repr=False)
+class PeerCredentials(Record):
     """The credentials of a connected peer.
 
     Args:

@@ -69,6 +69,8 @@ from typing import Any, Final, Literal, TypeAlias
 
 import attrs
 
+from supervisor._record import Record
+
 __all__ = [
     "MAX_MESSAGE",
     "NEED_DATA",
@@ -174,8 +176,8 @@ class RemoteProtocolError(ProtocolError):
 # --------------------------------------------------------------------------- events
 
 
-@attrs.frozen
-class ErrorObject:
+@attrs.frozen(repr=False)
+class ErrorObject(Record):
     """The ``error`` member of an error reply.
 
     Args:
@@ -195,8 +197,8 @@ class ErrorObject:
         return out
 
 
-@attrs.frozen
-class Request:
+@attrs.frozen(repr=False)
+class Request(Record):
     """A call that expects a reply."""
 
     id: Id
@@ -204,32 +206,32 @@ class Request:
     params: Params = None
 
 
-@attrs.frozen
-class Notification:
+@attrs.frozen(repr=False)
+class Notification(Record):
     """A call that gets no reply (either direction: server events are notifications)."""
 
     method: str
     params: Params = None
 
 
-@attrs.frozen
-class Response:
+@attrs.frozen(repr=False)
+class Response(Record):
     """A successful reply."""
 
     id: Id
     result: JSON
 
 
-@attrs.frozen
-class ErrorResponse:
+@attrs.frozen(repr=False)
+class ErrorResponse(Record):
     """A failed reply."""
 
     id: Id
     error: ErrorObject
 
 
-@attrs.frozen
-class Invalid:
+@attrs.frozen(repr=False)
+class Invalid(Record):
     """Something the peer sent that is not a valid message for this role.
 
     Args:
@@ -249,15 +251,15 @@ class Invalid:
 Message: TypeAlias = Request | Notification | Response | ErrorResponse
 
 
-@attrs.frozen
-class Batch:
+@attrs.frozen(repr=False)
+class Batch(Record):
     """A JSON array of messages; on receipt its elements may include :class:`Invalid`."""
 
     messages: tuple[Message | Invalid, ...]
 
 
-@attrs.frozen
-class ConnectionClosed:
+@attrs.frozen(repr=False)
+class ConnectionClosed(Record):
     """The peer will send nothing more."""
 
 

@@ -42,6 +42,7 @@ import attrs
 import structlog
 import trio
 
+from supervisor._record import Record
 from supervisor.errors import PermissionDeniedError
 from supervisor.rpc._streams import PrefixedStream
 from supervisor.rpc.dispatch import Access, AfterReply, CallContext, Registry
@@ -122,8 +123,8 @@ def group_policy(
     return authorize
 
 
-@attrs.frozen
-class _Outgoing:
+@attrs.frozen(repr=False)
+class _Outgoing(Record):
     data: bytes
     after: AfterReply | None = None
 

@@ -21,6 +21,7 @@ from typing import Any, Final
 import attrs
 import trio
 
+from supervisor._record import Record
 from supervisor._triosock import open_unix
 from supervisor.errors import InvalidValueError, PermissionDeniedError
 from supervisor.host import SOCKET_PATH
@@ -49,8 +50,8 @@ DEFAULT_NOTIFICATION_BUFFER: Final = 1024
 RECEIVE_SIZE: Final = 64 * 1024
 
 
-@attrs.define
-class _Waiter:
+@attrs.define(repr=False)
+class _Waiter(Record):
     done: trio.Event = attrs.field(factory=trio.Event)
     upgrade: bool = False
     reply: Response | ErrorResponse | None = None

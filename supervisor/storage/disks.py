@@ -20,6 +20,7 @@ from typing import Protocol
 import attrs
 import trio
 
+from supervisor._record import Record
 from supervisor.domain.model import Disk, Domain
 from supervisor.errors import InvalidValueError, OutOfRangeError, UnsupportedError
 from supervisor.host import Host
@@ -30,8 +31,8 @@ from supervisor.storage.zfs import ZfsCli
 PEEK_MAX = 1 << 20
 
 
-@attrs.frozen
-class BlockInfo:
+@attrs.frozen(repr=False)
+class BlockInfo(Record):
     """Sizes in bytes: what the guest sees, what the host allocated, what it occupies."""
 
     capacity: int
@@ -51,8 +52,8 @@ class DiskBackend(Protocol):
         ...
 
 
-@attrs.define
-class FileDisk:
+@attrs.define(repr=False)
+class FileDisk(Record):
     """An image file; *local_path* is where it is on this machine."""
 
     source: str
@@ -92,8 +93,8 @@ class FileDisk:
         return props[ds]["mountpoint"]
 
 
-@attrs.define
-class ZvolDisk:
+@attrs.define(repr=False)
+class ZvolDisk(Record):
     """A ZFS volume."""
 
     source: str

@@ -22,6 +22,7 @@ from collections.abc import Callable
 
 import attrs
 
+from supervisor._record import Record
 from supervisor.domain.model import (
     Controller,
     Disk,
@@ -55,8 +56,8 @@ TapResolver = Callable[[int, Interface], str]
 VncPortResolver = Callable[[Graphics], int]
 
 
-@attrs.frozen
-class Commands:
+@attrs.frozen(repr=False)
+class Commands(Record):
     """What starting a guest runs.
 
     Args:

@@ -30,6 +30,7 @@ from typing import Final, Literal
 
 import attrs
 
+from supervisor._record import Record
 from supervisor.errors import (
     HostToolError,
     InvalidStateError,
@@ -465,8 +466,8 @@ def parse_humanized(text: str) -> int:
     return int(m.group(1)) << (10 * scale)
 
 
-@attrs.frozen
-class MemMapEntry:
+@attrs.frozen(repr=False)
+class MemMapEntry(Record):
     """One guest-physical mapping from ``--get-memmap``.
 
     Args:
@@ -531,8 +532,8 @@ def parse_memmap(text: str) -> list[MemMapEntry]:
     return out
 
 
-@attrs.frozen
-class MemSeg:
+@attrs.frozen(repr=False)
+class MemSeg(Record):
     """One memory segment from ``--get-memseg``.
 
     Args:
@@ -567,8 +568,8 @@ def parse_memseg(text: str) -> list[MemSeg]:
     return out
 
 
-@attrs.frozen
-class Topology:
+@attrs.frozen(repr=False)
+class Topology(Record):
     """The vCPU topology of ``--get-cpu-topology``."""
 
     sockets: int

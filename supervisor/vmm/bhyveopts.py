@@ -38,6 +38,7 @@ from typing import Final
 
 import attrs
 
+from supervisor._record import Record
 from supervisor.errors import InvalidArgvError
 
 __all__ = [
@@ -1199,8 +1200,8 @@ def _freeze(mapping: Mapping[str, str]) -> Mapping[str, str]:
     return MappingProxyType(dict(mapping))
 
 
-@attrs.frozen
-class FwCfgItem:
+@attrs.frozen(repr=False)
+class FwCfgItem(Record):
     """One ``-f name,string=DATA`` or ``-f name,file=PATH`` fw_cfg item."""
 
     name: str
@@ -1208,8 +1209,8 @@ class FwCfgItem:
     value: str
 
 
-@attrs.frozen
-class TpmDevice:
+@attrs.frozen(repr=False)
+class TpmDevice(Record):
     """``-l tpm,TYPE,PATH[,version=V]``."""
 
     type: str
@@ -1217,8 +1218,8 @@ class TpmDevice:
     version: str
 
 
-@attrs.frozen
-class PciDevice:
+@attrs.frozen(repr=False)
+class PciDevice(Record):
     """One configured PCI function (``pci.B.S.F``).
 
     Attributes:
@@ -1240,8 +1241,8 @@ class PciDevice:
         return f"{self.bus}:{self.slot}:{self.func}"
 
 
-@attrs.frozen
-class BhyveCommand:
+@attrs.frozen(repr=False)
+class BhyveCommand(Record):
     """A bhyve command line, as the config tree bhyve builds from it.
 
     Attributes:
@@ -1472,8 +1473,8 @@ class BhyveCommand:
 # bhyveload
 
 
-@attrs.frozen
-class BhyveloadCommand:
+@attrs.frozen(repr=False)
+class BhyveloadCommand(Record):
     """A bhyveload(8) command line.
 
     Attributes:
@@ -1568,8 +1569,8 @@ def parse_bhyveload_argv(argv: Sequence[str]) -> BhyveloadCommand:
     )
 
 
-@attrs.define
-class _BhyveloadOptions:
+@attrs.define(repr=False)
+class _BhyveloadOptions(Record):
     memsize: int = 256 * MIB
     console: str | None = None
     disks: list[str] = attrs.Factory(list)
@@ -1584,8 +1585,8 @@ class _BhyveloadOptions:
 # grub-bhyve
 
 
-@attrs.frozen
-class GrubBhyveCommand:
+@attrs.frozen(repr=False)
+class GrubBhyveCommand(Record):
     """A grub-bhyve command line (sysutils/grub2-bhyve).
 
     Attributes:

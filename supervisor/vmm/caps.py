@@ -20,6 +20,8 @@ import re
 
 import attrs
 
+from supervisor._record import Record
+
 __all__ = [
     "DEFAULT",
     "LIBVIRT_CAPS",
@@ -77,8 +79,8 @@ LIBVIRT_CAPS = (
 )
 
 
-@attrs.frozen
-class Capabilities:
+@attrs.frozen(repr=False)
+class Capabilities(Record):
     """What one bhyve (and grub-bhyve) can do.
 
     Args:

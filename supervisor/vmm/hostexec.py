@@ -16,6 +16,7 @@ from collections.abc import Sequence
 import attrs
 import trio
 
+from supervisor._record import Record
 from supervisor.errors import HostToolError
 from supervisor.host import TOOL_PATHS, Host
 
@@ -23,8 +24,8 @@ from supervisor.host import TOOL_PATHS, Host
 DEFAULT_TIMEOUT = 60.0
 
 
-@attrs.frozen
-class ToolResult:
+@attrs.frozen(repr=False)
+class ToolResult(Record):
     argv: tuple[str, ...]
     status: int
     stdout: str

@@ -27,6 +27,7 @@ from typing import Final, Literal
 
 import attrs
 
+from supervisor._record import Record
 from supervisor.errors import HostToolError, InvalidValueError
 
 __all__ = [
@@ -80,8 +81,8 @@ def kldstat_file_argv(file: str) -> list[str]:
     return ["kldstat", "-q", "-n", _name("file", file)]
 
 
-@attrs.frozen
-class KldFile:
+@attrs.frozen(repr=False)
+class KldFile(Record):
     """One loaded kernel file.
 
     Args:
@@ -264,8 +265,8 @@ def _int(value: str | None) -> int | None:
         return None
 
 
-@attrs.frozen
-class VmmSysctl:
+@attrs.frozen(repr=False)
+class VmmSysctl(Record):
     """The ``hw.vmm`` subtree (``sysctl hw.vmm``), with the values host checks need.
 
     Args:
@@ -333,8 +334,8 @@ def pciconf_argv(*, verbose: bool = True) -> list[str]:
     return ["pciconf", "-lv" if verbose else "-l"]
 
 
-@attrs.frozen
-class PciDevice:
+@attrs.frozen(repr=False)
+class PciDevice(Record):
     """One PCI function from ``pciconf -l[v]``.
 
     Args:

@@ -21,6 +21,7 @@ from collections.abc import Iterable
 
 import attrs
 
+from supervisor._record import Record
 from supervisor.domain.model import Disk, Domain, Loader
 from supervisor.errors import HostNotReadyError, InvalidValueError, UnsupportedError
 from supervisor.host import FIRMWARE_DIR, TOOL_PATHS
@@ -41,8 +42,8 @@ DEFAULT_DEVICE_MAP = "/var/run/bhyvesupd/grub_bhyve-{name}-device.map"
 PREFERRED_FIRMWARE = "BHYVE_UEFI.fd"
 
 
-@attrs.frozen
-class LoaderCommand:
+@attrs.frozen(repr=False)
+class LoaderCommand(Record):
     """A loader's argv and, for grub-bhyve, the device.map text it reads."""
 
     argv: tuple[str, ...]

@@ -40,6 +40,7 @@ from collections.abc import Callable, Mapping, Sequence
 
 import attrs
 
+from supervisor._record import Record
 from supervisor.domain.model import (
     Audio,
     Channel,
@@ -127,8 +128,8 @@ _USED_GLOBALS = frozenset(
 )
 
 
-@attrs.frozen
-class NativeResult:
+@attrs.frozen(repr=False)
+class NativeResult(Record):
     """What a native command line became.
 
     Attributes:

@@ -29,6 +29,7 @@ from typing import Final
 
 import attrs
 
+from supervisor._record import Record
 from supervisor.errors import HostToolError, InvalidValueError
 
 __all__ = [
@@ -102,8 +103,8 @@ def parse_cputime(text: str) -> float:
     return round(total + (int(frac) / 10 ** len(frac) if frac else 0.0), 6)
 
 
-@attrs.frozen
-class ThreadTimes:
+@attrs.frozen(repr=False)
+class ThreadTimes(Record):
     """One thread of a process, from :func:`threads_argv`.
 
     Args:
@@ -159,8 +160,8 @@ def vcpu_number(thread_name: str) -> int | None:
     return int(m.group(1)) if m else None
 
 
-@attrs.frozen
-class ProcessUsage:
+@attrs.frozen(repr=False)
+class ProcessUsage(Record):
     """A whole process, from :func:`process_argv`.
 
     Args:

@@ -6,6 +6,7 @@ import os
 
 import attrs
 
+from supervisor._record import Record
 from supervisor.errors import InvalidValueError
 
 
@@ -23,8 +24,8 @@ def _check_signal(
         raise InvalidValueError(f"signal: must be > 0, got {value}", field="signal")
 
 
-@attrs.frozen
-class ExitInfo:
+@attrs.frozen(repr=False)
+class ExitInfo(Record):
     """How a process ended, as far as the supervisor can tell.
 
     Args:

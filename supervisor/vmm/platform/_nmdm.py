@@ -14,6 +14,7 @@ from typing import Any, Literal
 
 import attrs
 
+from supervisor._record import Record
 from supervisor.errors import InvalidValueError
 
 #: devfs node names are at most SPECNAMELEN (255) bytes.
@@ -22,8 +23,8 @@ MAX_NAME_BYTES = 255
 _PREFIX = "/dev/"
 
 
-@attrs.frozen
-class NmdmPath:
+@attrs.frozen(repr=False)
+class NmdmPath(Record):
     """One end of an nmdm pair, named as on FreeBSD.
 
     Args:

@@ -21,6 +21,7 @@ from typing import TextIO
 
 import attrs
 
+from supervisor._record import Record
 from supervisor.vmm.sim import bsd, hardware
 from supervisor.vmm.sim.kernel import Kernel, VmState
 
@@ -82,8 +83,8 @@ class UsageError(Exception):
     """The command line is not acceptable; the message (if any) precedes the usage."""
 
 
-@attrs.frozen
-class Request:
+@attrs.frozen(repr=False)
+class Request(Record):
     """What one bhyvectl invocation asks for."""
 
     vm: str | None = None

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import attrs
 
+from supervisor._record import Record
 from supervisor.vmm.sim.agent import Agent
 
 #: Seconds from the banner until the guest enables ACPI (writes ACPI_ENABLE to SMI_CMD).
@@ -40,48 +41,48 @@ SIGNATURE_GPA = 0x1000
 MAX_LINE = 4096
 
 
-@attrs.frozen
-class Output:
+@attrs.frozen(repr=False)
+class Output(Record):
     """Write *data* to the console."""
 
     data: bytes
 
 
-@attrs.frozen
-class StartTimer:
+@attrs.frozen(repr=False)
+class StartTimer(Record):
     """Call :meth:`Guest.on_timer` with *token* after *delay* seconds."""
 
     delay: float
     token: str
 
 
-@attrs.frozen
-class EnableAcpi:
+@attrs.frozen(repr=False)
+class EnableAcpi(Record):
     """The guest enabled ACPI: SIGTERM is now the power button. Its APs are started."""
 
 
-@attrs.frozen
-class Suspend:
+@attrs.frozen(repr=False)
+class Suspend(Record):
     """The guest stops every vCPU for *how*: ``reset``, ``poweroff``, ``halt``, ``triplefault``."""
 
     how: str
 
 
-@attrs.frozen
-class Abort:
+@attrs.frozen(repr=False)
+class Abort(Record):
     """A VM exit bhyve cannot handle: it calls abort()."""
 
 
-@attrs.frozen
-class WriteMemory:
+@attrs.frozen(repr=False)
+class WriteMemory(Record):
     """Store *data* at guest-physical address *gpa*."""
 
     gpa: int
     data: bytes
 
 
-@attrs.frozen
-class WriteDisk:
+@attrs.frozen(repr=False)
+class WriteDisk(Record):
     """Write *kib* KiB to the first disk; report with :meth:`Guest.on_disk_written`.
     With *read*, read them instead."""
 
@@ -89,8 +90,8 @@ class WriteDisk:
     read: bool = False
 
 
-@attrs.frozen
-class Spin:
+@attrs.frozen(repr=False)
+class Spin(Record):
     """Keep vCPU *vcpu* busy for *seconds*; report with :meth:`Guest.on_spin_started`."""
 
     vcpu: int

@@ -38,6 +38,7 @@ from pathlib import Path
 
 import attrs
 
+from supervisor._record import Record
 from supervisor.errors import SupervisorError
 
 KERNEL_PACKAGE = "linux-image-cloud-amd64"
@@ -79,8 +80,8 @@ class GuestImageError(SupervisorError):
     """The guest image cannot be built (the message names the missing part)."""
 
 
-@attrs.frozen
-class GuestImage:
+@attrs.frozen(repr=False)
+class GuestImage(Record):
     """A built image: what QEMU's ``-kernel``, ``-initrd`` and ``-append`` take."""
 
     kernel: str

@@ -16,6 +16,8 @@ from collections.abc import Mapping
 
 import attrs
 
+from supervisor._record import Record
+
 #: Where the simulator keeps its own state, relative to the simulated root.
 SIM_DIR = ".simhost"
 HARDWARE_FILE = "hardware.json"
@@ -58,8 +60,8 @@ KLD_SIZES: Mapping[str, int] = {
 SysctlValue = int | str
 
 
-@attrs.frozen
-class Hardware:
+@attrs.frozen(repr=False)
+class Hardware(Record):
     """What the simulated machine is.
 
     Args:

@@ -34,6 +34,7 @@ from collections.abc import Iterator
 
 import attrs
 
+from supervisor._record import Record
 from supervisor.vmm.sim.hardware import Hardware
 
 KERNEL_DIR = ".simkernel"
@@ -65,8 +66,8 @@ def _err(code: int) -> OSError:
     return OSError(code, os.strerror(code))
 
 
-@attrs.define
-class MemSeg:
+@attrs.define(repr=False)
+class MemSeg(Record):
     """A memory segment (``VM_GET_MEMSEG``): guest RAM (name ``""``) or device memory."""
 
     segid: int
@@ -74,8 +75,8 @@ class MemSeg:
     name: str = ""
 
 
-@attrs.define
-class MemMap:
+@attrs.define(repr=False)
+class MemMap(Record):
     """A mapping of part of a segment into guest-physical space (``VM_MMAP_GETNEXT``)."""
 
     gpa: int
@@ -86,8 +87,8 @@ class MemMap:
     wired: bool = False
 
 
-@attrs.define
-class VmState:
+@attrs.define(repr=False)
+class VmState(Record):
     """One VM as the simulated kernel knows it."""
 
     name: str

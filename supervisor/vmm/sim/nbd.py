@@ -32,6 +32,8 @@ import struct
 
 import attrs
 
+from supervisor._record import Record
+
 NBDMAGIC = b"NBDMAGIC"
 IHAVEOPT = 0x49484156454F5054
 OPTION_REPLY_MAGIC = 0x3E889045565A9
@@ -115,8 +117,8 @@ def export_name_reply(size: int, readonly: bool, client_flags: int) -> bytes:
     return out if client_flags & CLIENT_FLAG_NO_ZEROES else out + bytes(124)
 
 
-@attrs.frozen
-class Request:
+@attrs.frozen(repr=False)
+class Request(Record):
     """One transmission-phase request."""
 
     flags: int

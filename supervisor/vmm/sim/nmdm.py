@@ -78,6 +78,7 @@ from typing import Any
 import attrs
 
 import supervisor
+from supervisor._record import Record
 from supervisor._sockutil import connect_unix, recv_line
 from supervisor.errors import HostNotReadyError, SupervisorError
 from supervisor.vmm.platform._nmdm import NmdmPath, make_raw, parse_nmdm_path
@@ -360,8 +361,8 @@ def _remove_links(root: Path) -> None:
 # The relay process.
 
 
-@attrs.define
-class _End:
+@attrs.define(repr=False)
+class _End(Record):
     """One end of a simulated pair: a pty whose slave is exposed at the nmdm path."""
 
     master: int
@@ -374,8 +375,8 @@ class _End:
     events: int = 0
 
 
-@attrs.define
-class _Pair:
+@attrs.define(repr=False)
+class _Pair(Record):
     name: str
     a: _End
     b: _End
@@ -391,8 +392,8 @@ class _Stop(Exception):
     """Raised inside the relay's loop to leave it."""
 
 
-@attrs.define
-class _Client:
+@attrs.define(repr=False)
+class _Client(Record):
     sock: socket.socket
     received: bytearray = attrs.field(factory=bytearray)
 

@@ -24,6 +24,8 @@ from typing import TextIO
 
 import attrs
 
+from supervisor._record import Record
+
 _CLK_TCK = os.sysconf("SC_CLK_TCK")
 _PAGE = os.sysconf("SC_PAGE_SIZE")
 
@@ -39,8 +41,8 @@ class UsageError(Exception):
     """ps refuses the command line."""
 
 
-@attrs.frozen
-class _Column:
+@attrs.frozen(repr=False)
+class _Column(Record):
     header: str
     right: bool
     width: int
@@ -62,8 +64,8 @@ KEYWORDS: dict[str, _Column] = {
 }
 
 
-@attrs.frozen
-class Request:
+@attrs.frozen(repr=False)
+class Request(Record):
     threads: bool
     columns: tuple[tuple[str, str], ...]
     pids: tuple[int, ...]
@@ -150,8 +152,8 @@ def _stat_fields(path: str) -> list[str]:
     return _read(path).rpartition(")")[2].split()
 
 
-@attrs.frozen
-class _Entry:
+@attrs.frozen(repr=False)
+class _Entry(Record):
     pid: int
     tid: int
     tdname: str

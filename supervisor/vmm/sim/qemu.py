@@ -52,6 +52,7 @@ from typing import TYPE_CHECKING
 
 import attrs
 
+from supervisor._record import Record
 from supervisor.vmm.sim.guestimage import GuestImage
 
 if TYPE_CHECKING:
@@ -68,8 +69,8 @@ MiB = 1024 * 1024
 QMP_CHARDEV = "qmp"
 
 
-@attrs.frozen
-class EngineChoice:
+@attrs.frozen(repr=False)
+class EngineChoice(Record):
     """Which guest engine a simulated host runs, and with which image."""
 
     engine: str = "scripted"
@@ -122,8 +123,8 @@ def load_engine(root: str) -> EngineChoice:
     )
 
 
-@attrs.frozen
-class QemuPlan:
+@attrs.frozen(repr=False)
+class QemuPlan(Record):
     """What to run, and what of the bhyve argv it could not carry over."""
 
     argv: tuple[str, ...]

@@ -30,6 +30,7 @@ from typing import Any
 
 import attrs
 
+from supervisor._record import Record
 from supervisor.errors import SupervisorError
 
 
@@ -37,16 +38,16 @@ class QmpProtocolError(SupervisorError):
     """QEMU sent something that is not QMP."""
 
 
-@attrs.frozen
-class Greeting:
+@attrs.frozen(repr=False)
+class Greeting(Record):
     """QEMU's first message: its version and offered capabilities."""
 
     version: str
     capabilities: tuple[str, ...]
 
 
-@attrs.frozen
-class Reply:
+@attrs.frozen(repr=False)
+class Reply(Record):
     """The answer to the command with this *id*: a value, or an error."""
 
     id: int
@@ -59,8 +60,8 @@ class Reply:
         return self.error_class is None
 
 
-@attrs.frozen
-class Event:
+@attrs.frozen(repr=False)
+class Event(Record):
     """An asynchronous event (``SHUTDOWN``, ``POWERDOWN``, ``STOP``...)."""
 
     name: str
