@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 import trio
 
+from supervisor._lazy import lazy_module
 from supervisor.actors import lifecycle as lc
 from supervisor.errors import (
     HostToolError,
@@ -37,8 +38,16 @@ from supervisor.errors import (
 )
 from supervisor.rpc import bulk
 from supervisor.rpc.dispatch import CallContext, Registry
-from supervisor.vmm import bhyvectl, guestmem, hostparse, psinfo
+from supervisor.vmm import hostparse
 from supervisor.vmm.hostexec import run_tool
+
+if TYPE_CHECKING:
+    from supervisor.vmm import bhyvectl, guestmem, psinfo
+else:
+    # Loaded by the first call that needs them, not by every start of the daemon.
+    bhyvectl = lazy_module("supervisor.vmm.bhyvectl")
+    guestmem = lazy_module("supervisor.vmm.guestmem")
+    psinfo = lazy_module("supervisor.vmm.psinfo")
 
 if TYPE_CHECKING:
     from supervisor.daemon import Daemon, Guest

@@ -10,13 +10,20 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Literal
 
-from supervisor.hostcheck import checks as hc
-from supervisor.hostcheck.probe import validate
+from supervisor._lazy import lazy_module
 from supervisor.netfw.network import format_network_xml
 from supervisor.passthru.nodedev import describe
 from supervisor.rpc.dispatch import CallContext, Registry
 from supervisor.vmm import hostparse
 from supervisor.vmm.hostexec import run_tool
+
+if TYPE_CHECKING:
+    from supervisor.hostcheck import checks as hc
+    from supervisor.hostcheck import probe
+else:
+    # Loaded by the first validation, not by every start of the daemon.
+    hc = lazy_module("supervisor.hostcheck.checks")
+    probe = lazy_module("supervisor.hostcheck.probe")
 
 if TYPE_CHECKING:
     from supervisor.daemon import Daemon
@@ -31,7 +38,7 @@ def register(reg: Registry, daemon: Daemon) -> None:
     async def host_validate(ctx: CallContext) -> dict[str, Any]:
         """Check the daemon's host for bhyve: one verdict per check, and the overall one."""
         c = daemon.config.network
-        checks = await validate(daemon.host, firewall=c.firewall, pf_anchor=c.pf_anchor)
+        checks = await probe.validate(daemon.host, firewall=c.firewall, pf_anchor=c.pf_anchor)
         return {
             "result": hc.overall(checks).value,
             "checks": [x.to_dict() for x in checks],

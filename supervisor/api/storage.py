@@ -18,9 +18,8 @@ from typing import TYPE_CHECKING, Any
 import attrs
 import trio
 
+from supervisor._lazy import lazy_module
 from supervisor.actors import lifecycle as lc
-from supervisor.agent.client import AgentClient
-from supervisor.agent.protocol import AGENT_PORT_NAME
 from supervisor.errors import (
     GuestAgentError,
     InvalidStateError,
@@ -30,20 +29,24 @@ from supervisor.errors import (
 from supervisor.jobs import Job, JobRegistry
 from supervisor.rpc import bulk
 from supervisor.rpc.dispatch import CallContext, Registry
-from supervisor.storage import copy as copymod
-from supervisor.storage import stats as statsmod
 from supervisor.storage import zfsparse
-from supervisor.storage.disks import (
-    FileDisk,
-    ZvolDisk,
-    backend_for,
-    find_disk,
-    open_for_stream,
-    peek,
-)
 from supervisor.storage.ninep import NinePCheck
 from supervisor.storage.zfs import ZfsCli, load_lzc
 from supervisor.vmm.argv import build_commands
+
+if TYPE_CHECKING:
+    from supervisor.agent import client as agent_client
+    from supervisor.agent import protocol as agent_protocol
+    from supervisor.storage import copy as copymod
+    from supervisor.storage import disks
+    from supervisor.storage import stats as statsmod
+else:
+    # Loaded by the first call that needs them, not by every start of the daemon.
+    agent_client = lazy_module("supervisor.agent.client")
+    agent_protocol = lazy_module("supervisor.agent.protocol")
+    copymod = lazy_module("supervisor.storage.copy")
+    disks = lazy_module("supervisor.storage.disks")
+    statsmod = lazy_module("supervisor.storage.stats")
 
 if TYPE_CHECKING:
     from supervisor.daemon import Daemon, Guest
@@ -53,7 +56,7 @@ if TYPE_CHECKING:
 COPY_REPORT_INTERVAL = 0.02
 
 
-def agent_for(daemon: Daemon, guest: Guest) -> AgentClient:
+def agent_for(daemon: Daemon, guest: Guest) -> agent_client.AgentClient:
     """The guest agent of a running *guest*.
 
     Raises:
@@ -61,21 +64,21 @@ def agent_for(daemon: Daemon, guest: Guest) -> AgentClient:
         InvalidStateError: the guest is not running.
     """
     for ch in guest.domain.channels:
-        if ch.name == AGENT_PORT_NAME:
+        if ch.name == agent_protocol.AGENT_PORT_NAME:
             if guest.actor.state is not lc.State.RUNNING:
                 raise InvalidStateError(
                     f"guest {guest.domain.name} is {guest.actor.state.value}, not running"
                 )
-            return AgentClient(daemon.host.path(ch.path), guest.domain.name)
+            return agent_client.AgentClient(daemon.host.path(ch.path), guest.domain.name)
     raise UnsupportedError(
         f"guest {guest.domain.name} has no guest agent channel "
-        f"(a virtio-console port named {AGENT_PORT_NAME})",
+        f"(a virtio-console port named {agent_protocol.AGENT_PORT_NAME})",
         field="devices.channel",
     )
 
 
 def _has_agent(guest: Guest) -> bool:
-    return any(ch.name == AGENT_PORT_NAME for ch in guest.domain.channels)
+    return any(ch.name == agent_protocol.AGENT_PORT_NAME for ch in guest.domain.channels)
 
 
 def register(reg: Registry, daemon: Daemon) -> None:
@@ -85,10 +88,10 @@ def register(reg: Registry, daemon: Daemon) -> None:
     jobs = JobRegistry(daemon.bus, daemon.spawn)
     daemon.launch_hooks.append(NinePCheck(daemon.host))
 
-    def backend(guest: Guest, disk: str) -> FileDisk | ZvolDisk:
-        _, d = find_disk(guest.domain, disk)
+    def backend(guest: Guest, disk: str) -> disks.FileDisk | disks.ZvolDisk:
+        _, d = disks.find_disk(guest.domain, disk)
         assert d.source is not None
-        return backend_for(daemon.host, zfs, d.source)
+        return disks.backend_for(daemon.host, zfs, d.source)
 
     # -- guest agent -------------------------------------------------------------------
 
@@ -207,11 +210,11 @@ def register(reg: Registry, daemon: Daemon) -> None:
         """
         b = backend(daemon.lookup(name, uuid), disk)
         if stream or to_fd:
-            fd = await open_for_stream(b, offset, size)
+            fd = await disks.open_for_stream(b, offset, size)
             return bulk.reply_with_range(
                 ctx, fd, offset, size, key="offset", to_fd=to_fd, what=b.source
             )
-        data = await peek(b, offset, size)
+        data = await disks.peek(b, offset, size)
         return {"offset": offset, "size": len(data), "data": base64.b64encode(data).decode()}
 
     @method("domain.block_stats", access="ro")
@@ -221,7 +224,7 @@ def register(reg: Registry, daemon: Daemon) -> None:
         """I/O counters of a running guest's disk, from the OS's accounting of bhyve's
         worker threads for it. Fields the OS does not count are absent."""
         g = daemon.lookup(name, uuid)
-        _, d = find_disk(g.domain, disk)
+        _, d = disks.find_disk(g.domain, disk)
         pid = g.actor.machine.pid
         if pid is None or g.actor.state is not lc.State.RUNNING:
             raise InvalidStateError(f"guest {g.domain.name} is not running")
@@ -246,7 +249,7 @@ def register(reg: Registry, daemon: Daemon) -> None:
         for d in guest.domain.disks:
             if d.source is None or d.device != "disk":
                 continue
-            ds = await backend_for(daemon.host, zfs, d.source).dataset()
+            ds = await disks.backend_for(daemon.host, zfs, d.source).dataset()
             if ds is None:
                 raise UnsupportedError(
                     f"disk {d.target}: {d.source} is neither a zvol nor in a ZFS dataset",
@@ -414,11 +417,11 @@ def register(reg: Registry, daemon: Daemon) -> None:
             )
         rate = bandwidth << 20 if bandwidth is not None else None
         g = daemon.lookup(name, uuid)
-        index, d = find_disk(g.domain, disk)
+        index, d = disks.find_disk(g.domain, disk)
         assert d.source is not None
-        src = backend_for(daemon.host, zfs, d.source)
+        src = disks.backend_for(daemon.host, zfs, d.source)
         running = g.actor.state.active
-        if isinstance(src, ZvolDisk):
+        if isinstance(src, disks.ZvolDisk):
             target = zfsparse.dataset_of_device(dest)
             if target is None:
                 raise InvalidValueError(
@@ -562,9 +565,9 @@ def register(reg: Registry, daemon: Daemon) -> None:
         then lives under the base's name.
         """
         g = daemon.lookup(name, uuid)
-        index, d = find_disk(g.domain, disk)
+        index, d = disks.find_disk(g.domain, disk)
         assert d.source is not None
-        b = backend_for(daemon.host, zfs, d.source)
+        b = disks.backend_for(daemon.host, zfs, d.source)
         ds = await b.dataset()
         if ds is None:
             raise UnsupportedError(f"disk: {b.source} is not on ZFS", field="disk")
@@ -597,12 +600,12 @@ def register(reg: Registry, daemon: Daemon) -> None:
             for od in other.domain.disks:
                 if od.source is None:
                     continue
-                if await backend_for(daemon.host, zfs, od.source).dataset() == base_ds:
+                if await disks.backend_for(daemon.host, zfs, od.source).dataset() == base_ds:
                     raise InvalidStateError(
                         f"disk: the base {base_ds} is also used by guest {other.domain.name}",
                         field="disk",
                     )
-        old_mnt = await b.mountpoint() if isinstance(b, FileDisk) else None
+        old_mnt = await b.mountpoint() if isinstance(b, disks.FileDisk) else None
 
         async def clone_body(job: Job) -> dict[str, Any]:
             job.progress(0, 3, force=True)
@@ -611,7 +614,7 @@ def register(reg: Registry, daemon: Daemon) -> None:
             await zfs.destroy(base_ds, recursive=True)
             job.progress(2, 3, force=True)
             await zfs.rename(ds, base_ds)
-            if isinstance(b, ZvolDisk):
+            if isinstance(b, disks.ZvolDisk):
                 new_source = zfsparse.volume_path(base_ds)
             else:
                 assert old_mnt is not None
