@@ -101,12 +101,8 @@ async def test_requests_are_answered_in_order_by_the_running_actor(tmp_path: Pat
         actor.close()
 
 
-async def test_the_guests_work_is_logged_under_its_name_whoever_asked_for_it(
-    tmp_path: Path,
-) -> None:
-    # The worker starts with the guest's first action, which may come from a task that
-    # is not the actor's (adoption, a timer): what it logs still names the guest.
-    seen: list[dict[str, object]] = []
+def _actor_noting_launches(tmp_path: Path, seen: list[dict[str, object]]) -> GuestActor:
+    """An actor whose every launch notes the logging context it ran in, then fails."""
 
     class Hook:
         async def before_launch(self, name: str, plan: LaunchPlan) -> None:
@@ -116,7 +112,7 @@ async def test_the_guests_work_is_logged_under_its_name_whoever_asked_for_it(
         async def after_stop(self, name: str, plan: LaunchPlan) -> None:
             pass
 
-    actor = GuestActor(
+    return GuestActor(
         "web1",
         plan_factory=lambda: LaunchPlan(loader=None, bhyve=("bhyve", "web1")),
         policy=lc.Policy(),
@@ -127,18 +123,33 @@ async def test_the_guests_work_is_logged_under_its_name_whoever_asked_for_it(
         hooks=[Hook()],
         env={},
     )
+
+
+@pytest.mark.parametrize("asker", ["adoption", "client"])
+async def test_the_guests_work_is_logged_under_its_name_whoever_asked_for_it(
+    tmp_path: Path, asker: str
+) -> None:
+    # The worker starts with the guest's first action, which may come from a task that
+    # is not the actor's: adoption applies what it found from its own task, and a
+    # client's request to a waiting actor is taken in the client's task. What the
+    # launch logs names the guest; a client's request brings none of its own bindings.
+    seen: list[dict[str, object]] = []
+    actor = _actor_noting_launches(tmp_path, seen)
     async with trio.open_nursery() as nursery:
         await nursery.start(actor.run)
-        structlog.contextvars.bind_contextvars(caller="someone else")
-        try:
-            actor._apply(lc.Start())  # from this task, as adoption applies what it found
-        finally:
-            structlog.contextvars.unbind_contextvars("caller")
+        await trio.testing.wait_all_tasks_blocked()
+        with structlog.contextvars.bound_contextvars(caller="someone else"):
+            if asker == "adoption":
+                actor._apply(lc.Start())
+            else:
+                await actor.request(lc.Start())
         with trio.fail_after(5):
             await actor.wait_until(lambda s: s is not lc.State.STARTING, 5)
         actor.close()
     assert actor.last_error == "no taps today"
-    assert [ctx.get("guest") for ctx in seen] == ["web1"]
+    assert [ctx["guest"] for ctx in seen] == ["web1"]
+    if asker == "client":
+        assert seen == [{"guest": "web1"}]
 
 
 async def test_a_waiting_actor_takes_a_request_before_any_other_task_runs(
@@ -162,41 +173,6 @@ async def test_a_waiting_actor_takes_a_request_before_any_other_task_runs(
             await actor.request(lc.Reboot())
         actor.close()
     assert ran == ["bystander"]
-
-
-async def test_a_request_taken_at_once_runs_in_the_actors_context_not_the_callers(
-    tmp_path: Path,
-) -> None:
-    seen: list[dict[str, object]] = []
-
-    class Hook:
-        async def before_launch(self, name: str, plan: LaunchPlan) -> None:
-            seen.append(structlog.contextvars.get_contextvars())
-            raise SupervisorError("no taps today")
-
-        async def after_stop(self, name: str, plan: LaunchPlan) -> None:
-            pass
-
-    actor = GuestActor(
-        "web1",
-        plan_factory=lambda: LaunchPlan(loader=None, bhyve=("bhyve", "web1")),
-        policy=lc.Policy(),
-        host=Host(root=str(tmp_path)),
-        paths=GuestPaths("/var/run/bhyvesupd", "/var/log/bhyvesupd"),
-        bus=EventBus(),
-        console_path=None,
-        hooks=[Hook()],
-        env={},
-    )
-    async with trio.open_nursery() as nursery:
-        await nursery.start(actor.run)
-        await trio.testing.wait_all_tasks_blocked()
-        with structlog.contextvars.bound_contextvars(rpc_client="cli-7"):
-            await actor.request(lc.Start())
-        with trio.fail_after(5):
-            await actor.wait_until(lambda s: s is not lc.State.STARTING, 5)
-        actor.close()
-    assert seen == [{"guest": "web1"}]
 
 
 def _failing_actor(tmp_path: Path) -> GuestActor:
