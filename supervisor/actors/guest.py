@@ -318,10 +318,12 @@ class GuestActor:
             raise self._failed()
         if self._mailbox.closed:
             raise InvalidStateError(f"guest {self.name} is being removed")
-        if self._mailbox.idle and self._context is not None:
+        if self._mailbox.idle:
             # Taken now, in the actor's context (its log bindings; the tasks it starts
             # copy that context, not the caller's), with no schedule point: callers
-            # starting many guests at once go through all of them in one step.
+            # starting many guests at once go through all of them in one step. Only
+            # run() waits on the mailbox, and it set the context before it did.
+            assert self._context is not None
             error = self._context.run(self._take, event)
             if error is not None:
                 raise error
